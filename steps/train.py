@@ -1,0 +1,184 @@
+"""Step body of ``train``: run PTD-PO (or a baseline) from a config, in-process or as a
+``torchrun`` job over all GPUs of a node (or several nodes), with checkpoints and resume.
+
+In-process is used for one process (CPU, one GPU). For ``world_size > 1`` the flow writes the
+inputs to a folder and launches ``torchrun -m steps.train --workdir DIR``; every rank reads the
+same inputs, rank 0 writes the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ptdpo.config import TrainConfig, train_config_from_dict
+from ptdpo.data.schema import Item
+
+
+@dataclass
+class TrainOutput:
+    metrics: pd.DataFrame
+    model_dir: Path
+    final_step: int
+    resumed_from_step: int  # 0 when training started from the base policy
+    checkpoint_dir: Path
+
+
+class InjectedFailure(RuntimeError):
+    """Raised on purpose after a given step (``fail_after_step``) to test retry and resume."""
+
+
+def hints_by_item(hints: list[dict[str, Any]] | pd.DataFrame | None, verdicts: pd.DataFrame | None = None) -> dict:
+    """Hints that may be used for PTD: only those whose audit passed (METHOD.md 2.4)."""
+    from ptdpo.hints import Hint
+
+    if hints is None:
+        return {}
+    rows = hints.to_dict("records") if isinstance(hints, pd.DataFrame) else list(hints)
+    passed = None
+    if verdicts is not None and len(verdicts):
+        passed = {r["item_id"] for r in verdicts.to_dict("records") if r["passed"]}
+    out = {}
+    for row in rows:
+        if row.get("failed") or row.get("error"):
+            continue
+        hint = Hint.from_dict(row) if not isinstance(row, Hint) else row
+        if passed is None or hint.item_id in passed:
+            out[hint.item_id] = hint
+    return out
+
+
+def run_training(
+    train_cfg: dict[str, Any] | TrainConfig,
+    items: list[Item],
+    hints: dict | None,
+    out_dir: str | Path,
+    resume_from: str | Path | None = None,
+    fail_after_step: int | None = None,
+    progress: bool = True,
+    policy: Any = None,
+    on_checkpoint: Any = None,
+) -> TrainOutput:
+    """Train in this process (and in its torch.distributed group, if one is initialised).
+
+    ``out_dir/checkpoints`` receives checkpoints; if it already holds one (a ``@retry`` of the same
+    task) training continues from it, else from ``resume_from`` (a checkpoint root holding a
+    ``latest`` pointer, e.g. one restored by Metaflow's ``@checkpoint``) if given, else from the base
+    policy. ``on_checkpoint(path)`` is called after every checkpoint is written (the flow saves it
+    with ``current.checkpoint.save``). The final weights go to ``out_dir/model``.
+    """
+    import torch
+
+    from ptdpo import distributed as dist_utils
+    from ptdpo.models import load_policy, save_policy
+    from ptdpo.trainer import Trainer
+
+    cfg = train_cfg if isinstance(train_cfg, TrainConfig) else train_config_from_dict(train_cfg)
+    torch.manual_seed(cfg.seed)
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    if policy is None:
+        device = f"cuda:{dist_utils.DistInfo.current().local_rank}" if torch.cuda.is_available() else None
+        model, processor = load_policy(cfg.policy, device=device, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    else:
+        model, processor = policy
+    model = dist_utils.shard_model(model, cfg.sharding)
+    backend = None
+    if cfg.rollout_backend == "vllm":
+        from ptdpo.rollout.vllm_backend import VLLMRolloutBackend
+
+        backend = VLLMRolloutBackend(cfg.policy, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, **cfg.vllm)
+    trainer = Trainer(
+        cfg, model, processor, items, hints=hints, backend=backend, checkpoint_dir=ckpt_dir, on_checkpoint=on_checkpoint
+    )
+    resumed_from = 0
+    if trainer.resume_if_possible() or (resume_from and trainer.resume_if_possible(resume_from)):
+        resumed_from = trainer.step
+    target = cfg.max_steps
+    if fail_after_step is not None:
+        while trainer.step < target:
+            trainer.train_step()
+            if trainer.step == fail_after_step:
+                trainer.save()
+                raise InjectedFailure(f"injected failure after step {trainer.step}")
+    trainer.fit(target, progress=progress)
+    model_dir = out_dir / "model"
+    if trainer.dist.rank == 0:
+        final = dist_utils.full_state_dict(trainer.policy)
+        if id(trainer.policy) in dist_utils._FSDP_MODELS:
+            model_for_save, _ = load_policy(cfg.policy)
+            model_for_save.load_state_dict(final)
+        else:
+            model_for_save = trainer.policy
+        save_policy(model_for_save, processor, model_dir, metadata={"train_step": trainer.step, "policy": cfg.policy})
+    dist_utils.barrier()
+    return TrainOutput(pd.DataFrame(trainer.metrics), model_dir, trainer.step, resumed_from, ckpt_dir)
+
+
+# ---------------------------------------------------------------------- multi-process launch
+def write_job(workdir: str | Path, train_cfg: dict, items: list[Item], hints: dict, resume_from: str | None) -> Path:
+    from ptdpo.data.loaders import save_items_jsonl
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    save_items_jsonl(items, workdir / "items.jsonl")
+    with open(workdir / "hints.jsonl", "w") as f:
+        for h in hints.values():
+            f.write(json.dumps(h.to_dict()) + "\n")
+    (workdir / "job.json").write_text(json.dumps({"train": train_cfg, "resume_from": resume_from}))
+    return workdir
+
+
+def launch_torchrun(workdir: str | Path, nproc: int, nnodes: int = 1, node_rank: int = 0,
+                    master_addr: str = "127.0.0.1", master_port: int = 29500) -> TrainOutput:
+    """Run ``steps.train`` under torchrun and read back rank 0's outputs."""
+    workdir = Path(workdir)
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nproc_per_node={nproc}", f"--nnodes={nnodes}", f"--node_rank={node_rank}",
+        f"--master_addr={master_addr}", f"--master_port={master_port}",
+        "-m", "steps.train", "--workdir", str(workdir),
+    ]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    subprocess.run(cmd, check=True, env=env)
+    result = json.loads((workdir / "result.json").read_text())
+    return TrainOutput(
+        pd.read_parquet(workdir / "metrics.parquet"), Path(result["model_dir"]), result["final_step"],
+        result["resumed_from_step"], Path(result["checkpoint_dir"]),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ptdpo import distributed as dist_utils
+    from ptdpo.data.loaders import load_items
+
+    parser = argparse.ArgumentParser(description="ptdpo training worker (one rank of a torchrun job)")
+    parser.add_argument("--workdir", required=True)
+    args = parser.parse_args(argv)
+    workdir = Path(args.workdir)
+    info = dist_utils.init_from_env()
+    job = json.loads((workdir / "job.json").read_text())
+    items = load_items({"format": "jsonl", "path": str(workdir / "items.jsonl")})
+    hint_rows = [json.loads(line) for line in (workdir / "hints.jsonl").read_text().splitlines() if line.strip()]
+    out = run_training(job["train"], items, hints_by_item(hint_rows), workdir / "out",
+                       resume_from=job.get("resume_from"), progress=info.rank == 0)
+    if info.rank == 0:
+        out.metrics.to_parquet(workdir / "metrics.parquet")
+        (workdir / "result.json").write_text(json.dumps({
+            "model_dir": str(out.model_dir), "final_step": out.final_step,
+            "resumed_from_step": out.resumed_from_step, "checkpoint_dir": str(out.checkpoint_dir),
+        }))
+    dist_utils.barrier()
+
+
+if __name__ == "__main__":
+    main()
