@@ -37,22 +37,25 @@ class InjectedFailure(RuntimeError):
 
 
 def hints_by_item(hints: list[dict[str, Any]] | pd.DataFrame | None, verdicts: pd.DataFrame | None = None) -> dict:
-    """Hints that may be used for PTD: only those whose audit passed (METHOD.md 2.4)."""
-    from ptdpo.hints import Hint
+    """item_id -> Hint for the hints PTD may use: those whose audit passed (METHOD.md 2.4).
+
+    ``hints`` are the rows of the hint step (or Hint dicts); ``verdicts`` the audit table. Without a
+    table, every row that carries a hint counts (used by the torchrun worker, which receives only the
+    usable hints)."""
+    from ptdpo.hints import Hint, usable_hints
 
     if hints is None:
         return {}
     rows = hints.to_dict("records") if isinstance(hints, pd.DataFrame) else list(hints)
-    passed = None
-    if verdicts is not None and len(verdicts):
-        passed = {r["item_id"] for r in verdicts.to_dict("records") if r["passed"]}
+    if verdicts is not None:
+        return usable_hints(rows, verdicts)
     out = {}
     for row in rows:
-        if row.get("failed") or row.get("error"):
+        hint = row.get("hint", row) if isinstance(row, dict) else row
+        if hint is None:
             continue
-        hint = Hint.from_dict(row) if not isinstance(row, Hint) else row
-        if passed is None or hint.item_id in passed:
-            out[hint.item_id] = hint
+        hint = hint if isinstance(hint, Hint) else Hint.from_dict(hint)
+        out[hint.item_id] = hint
     return out
 
 

@@ -1,0 +1,410 @@
+"""Generators behind one interface, the attempt/feedback loop, and the resumable per-shard cache.
+
+A generator turns requests (item + optional feedback on a rejected attempt) into raw text, streamed as
+each item finishes::
+
+    class HintGenerator:
+        name, model, prompt_version, kind
+        def generate_stream(self, requests) -> Iterator[RawOutput]
+        def generate(self, items, **kw) -> list[HintResult]        # run_generation without a cache
+
+``run_generation`` parses every output (``parse_hint``), audits it (``audit``) and, while attempts
+remain, sends rejected or unparseable outputs back with the reasons (``regenerate_with_feedback`` is the
+same loop started from earlier results). Every item ends as one ``HintResult``:
+
+- ``ok``: a hint that passed the audit;
+- ``rejected``: a valid hint that still fails the audit after the last attempt: kept (hint, verdict,
+  every attempt's raw text) and marked, never silently dropped; PTD excludes it;
+- ``failed``: no valid hint (API errors after retries, unparseable output): error and raw text kept.
+
+``ShardCache`` is a jsonl file per (shard, generator-config hash). Each finished item is appended as
+one line with a single write, flushed and fsynced; a line cut by a crash is skipped on load (and the
+next append starts on a fresh line), so earlier lines are never lost. Re-running a shard reuses every
+``ok``/``rejected`` line and generates only the missing and ``failed`` items.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ptdpo.data.schema import Item
+from ptdpo.hints.audit import AuditConfig, Verdict, audit, feedback_text, item_facts
+from ptdpo.hints.schema import STRUCTURED, Hint, HintError, parse_hint
+
+log = logging.getLogger(__name__)
+
+OK, REJECTED, FAILED = "ok", "rejected", "failed"
+
+
+@dataclass
+class GenerationRequest:
+    item: Item
+    attempt: int = 1
+    feedback: str | None = None  # the audit's / parser's reasons for rejecting the previous attempt
+    previous_raw: str | None = None
+
+
+@dataclass
+class RawOutput:
+    item_id: str
+    text: str = ""
+    error: str | None = None  # transport-level failure (after the generator's own retries)
+    usage: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class HintResult:
+    item_id: str
+    status: str  # ok | rejected | failed
+    hint: Hint | None = None
+    verdict: Verdict | None = None
+    error: str | None = None
+    raw: str = ""
+    attempts: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    config_hash: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "item_id": self.item_id,
+            "status": self.status,
+            "hint": self.hint.to_dict() if self.hint else None,
+            "verdict": self.verdict.to_dict() if self.verdict else None,
+            "error": self.error,
+            "raw": self.raw,
+            "attempts": self.attempts,
+            "history": self.history,
+            "config_hash": self.config_hash,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HintResult:
+        hint = Hint.from_dict(d["hint"]) if d.get("hint") else None
+        verdict = Verdict(**d["verdict"]) if d.get("verdict") else None
+        return cls(
+            item_id=d["item_id"], status=d["status"], hint=hint, verdict=verdict, error=d.get("error"),
+            raw=d.get("raw", ""), attempts=int(d.get("attempts", 0)), history=list(d.get("history", [])),
+            config_hash=d.get("config_hash", ""),
+        )
+
+
+class HintGenerator:
+    """Base class. Subclasses set ``name``/``model``/``prompt_version`` and implement ``generate_stream``."""
+
+    name = "base"
+    model = ""
+    prompt_version = ""
+    kind = STRUCTURED
+
+    def info(self) -> dict[str, Any]:
+        """What every hint records as its ``generator``."""
+        return {"name": self.name, "model": self.model, "prompt_version": self.prompt_version}
+
+    def cache_params(self) -> dict[str, Any]:
+        """Everything that changes the output (sampling...): part of the cache key. Never secrets."""
+        return {}
+
+    def config_hash(self) -> str:
+        return config_hash({**self.info(), "kind": self.kind, **self.cache_params()})
+
+    def generate_stream(self, requests: Sequence[GenerationRequest]) -> Iterator[RawOutput]:
+        raise NotImplementedError
+
+    def generate(self, items: Sequence[Item], **kwargs: Any) -> list[HintResult]:
+        return run_generation(self, items, **kwargs)
+
+    def close(self) -> None:  # release clients / engines
+        pass
+
+
+def config_hash(params: dict[str, Any]) -> str:
+    """Stable short hash of a generator configuration (sorted JSON)."""
+    blob = json.dumps(params, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------
+# The cache
+# ------------------------------------------------------------------------------------------------
+
+
+def shard_cache_path(cache_dir: str | os.PathLike, shard_index: int, cfg_hash: str) -> Path:
+    return Path(cache_dir) / f"hints-shard{int(shard_index):05d}-{cfg_hash}.jsonl"
+
+
+class ShardCache:
+    """Append-only jsonl of finished HintResults for one shard and one generator configuration."""
+
+    def __init__(self, path: str | os.PathLike, cfg_hash: str):
+        self.path = Path(path)
+        self.cfg_hash = cfg_hash
+        self.skipped_lines = 0
+
+    def load(self) -> dict[str, HintResult]:
+        """Latest result per item id; lines of another config hash or cut by a crash are skipped."""
+        out: dict[str, HintResult] = {}
+        self.skipped_lines = 0
+        if not self.path.exists():
+            return out
+        with self.path.open("r", encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    d = json.loads(line)
+                    if d.get("config_hash") != self.cfg_hash:
+                        continue
+                    out[d["item_id"]] = HintResult.from_dict(d)
+                except (json.JSONDecodeError, KeyError, TypeError, HintError):
+                    self.skipped_lines += 1
+        if self.skipped_lines:
+            log.warning("%s: skipped %d unreadable line(s) (cut by a crash?)", self.path, self.skipped_lines)
+        return out
+
+    def append(self, result: HintResult) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({**result.to_dict(), "config_hash": self.cfg_hash}, ensure_ascii=False) + "\n"
+        prefix = ""
+        if self.path.exists() and self.path.stat().st_size > 0:
+            with self.path.open("rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    prefix = "\n"  # a previous write was cut: never glue onto a partial line
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(prefix + line)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+# ------------------------------------------------------------------------------------------------
+# The attempt / feedback loop
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    item: Item
+    attempt: int = 0
+    feedback: str | None = None
+    previous_raw: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    last: HintResult | None = None
+
+
+def _progress(total: int, initial: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="item", dynamic_ncols=True)
+
+
+def _evaluate(generator: HintGenerator, st: _State, out: RawOutput, config: AuditConfig, facts_cache: dict) -> HintResult:
+    item = st.item
+    entry: dict[str, Any] = {"attempt": st.attempt, "raw": out.text, "error": out.error, "usage": out.usage}
+    if out.notes:
+        entry["notes"] = out.notes
+    ch = generator.config_hash()
+    if out.error is not None:
+        st.history.append(entry)
+        return HintResult(item.id, FAILED, error=out.error, raw=out.text, attempts=st.attempt,
+                          history=list(st.history), config_hash=ch)
+    try:
+        hint = parse_hint(out.text, item.id, generator=generator.info(), kind=generator.kind)
+    except HintError as e:
+        entry["error"] = str(e)
+        st.history.append(entry)
+        return HintResult(item.id, FAILED, error=f"unparseable output: {e}", raw=out.text, attempts=st.attempt,
+                          history=list(st.history), config_hash=ch)
+    facts = facts_cache.get(item.id)
+    if facts is None:
+        facts = facts_cache[item.id] = item_facts(item, config)
+    verdict = audit(hint, item, config, facts)
+    entry["reasons"] = verdict.reasons
+    entry["passed"] = verdict.passed
+    st.history.append(entry)
+    return HintResult(item.id, OK if verdict.passed else REJECTED, hint=hint, verdict=verdict, raw=out.text,
+                      attempts=st.attempt, history=list(st.history), config_hash=ch)
+
+
+def _feedback_for(result: HintResult) -> str:
+    if result.status == REJECTED and result.verdict is not None:
+        return feedback_text(result.verdict)
+    return f"- {result.error}"
+
+
+def _loop(
+    generator: HintGenerator,
+    states: list[_State],
+    max_attempts: int,
+    config: AuditConfig,
+    on_final,
+    bar,
+) -> None:
+    pending = {st.item.id: st for st in states}
+    facts_cache: dict[str, Any] = {}
+    while pending:
+        requests = []
+        for st in pending.values():
+            st.attempt += 1
+            requests.append(GenerationRequest(st.item, st.attempt, st.feedback, st.previous_raw))
+        next_round: dict[str, _State] = {}
+        seen = set()
+        for out in generator.generate_stream(requests):
+            st = pending.get(out.item_id)
+            if st is None or out.item_id in seen:
+                log.warning("generator %s returned an output for an unexpected item %r", generator.name, out.item_id)
+                continue
+            seen.add(out.item_id)
+            result = _evaluate(generator, st, out, config, facts_cache)
+            st.last = result
+            # bad content goes back with the reasons; a transport failure (after the generator's own
+            # retries) simply gets another attempt
+            retry = result.status != OK and st.attempt < max_attempts
+            if retry:
+                st.feedback = _feedback_for(result) if out.error is None else None
+                st.previous_raw = out.text if out.error is None else None
+                next_round[st.item.id] = st
+            else:
+                on_final(result)
+                if bar is not None:
+                    bar.update(1)
+        for iid, st in pending.items():
+            if iid not in seen:  # a generator that silently skipped an item: record it, never drop it
+                result = HintResult(iid, FAILED, error="generator returned no output for this item",
+                                    attempts=st.attempt, history=list(st.history), config_hash=generator.config_hash())
+                on_final(result)
+                if bar is not None:
+                    bar.update(1)
+        pending = next_round
+
+
+def run_generation(
+    generator: HintGenerator,
+    items: Sequence[Item],
+    *,
+    max_attempts: int = 1,
+    audit_config: AuditConfig | dict | None = None,
+    cache: ShardCache | None = None,
+    progress: bool = False,
+    retry_rejected: bool = False,
+    desc: str = "hints",
+) -> list[HintResult]:
+    """One HintResult per item, in item order. With a cache: finished items are reused and every newly
+    finished item is appended as soon as it is final."""
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be >= 1")
+    config = audit_config if isinstance(audit_config, AuditConfig) else AuditConfig.from_dict(audit_config)
+    ids = [it.id for it in items]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"duplicate item id {dup!r} in one shard")
+    done = cache.load() if cache is not None else {}
+    reuse = {OK, REJECTED} if not retry_rejected else {OK}
+    results: dict[str, HintResult] = {iid: r for iid, r in done.items() if r.status in reuse and iid in set(ids)}
+    todo = [it for it in items if it.id not in results]
+    bar = _progress(len(items), len(items) - len(todo), progress, desc)
+
+    def on_final(result: HintResult) -> None:
+        results[result.item_id] = result
+        if cache is not None:
+            cache.append(result)
+
+    try:
+        if todo:
+            _loop(generator, [_State(it) for it in todo], max_attempts, config, on_final, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    return [results[i] for i in ids]
+
+
+def regenerate_with_feedback(
+    generator: HintGenerator,
+    items: Sequence[Item],
+    results: Sequence[HintResult],
+    *,
+    max_attempts: int = 2,
+    audit_config: AuditConfig | dict | None = None,
+    cache: ShardCache | None = None,
+    progress: bool = False,
+) -> list[HintResult]:
+    """Send rejected/failed hints back to the generator with the audit's reasons, until they pass or
+    ``max_attempts`` attempts (counting the earlier ones) are used. Passing results are kept as they are;
+    what still fails stays in the output, marked."""
+    config = audit_config if isinstance(audit_config, AuditConfig) else AuditConfig.from_dict(audit_config)
+    by_id = {it.id: it for it in items}
+    out: dict[str, HintResult] = {r.item_id: r for r in results}
+    states = []
+    for r in results:
+        if r.status == OK or r.attempts >= max_attempts or r.item_id not in by_id:
+            continue
+        st = _State(by_id[r.item_id], attempt=r.attempts, history=list(r.history))
+        st.feedback = _feedback_for(r)
+        st.previous_raw = r.raw or None
+        states.append(st)
+    bar = _progress(len(states), 0, progress, "regenerate")
+
+    def on_final(result: HintResult) -> None:
+        out[result.item_id] = result
+        if cache is not None:
+            cache.append(result)
+
+    try:
+        if states:
+            _loop(generator, states, max_attempts, config, on_final, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    return [out[r.item_id] for r in results]
+
+
+# ------------------------------------------------------------------------------------------------
+# Registry
+# ------------------------------------------------------------------------------------------------
+
+RUN_KEYS = ("structured", "max_attempts", "unstructured_mode", "progress", "audit", "retry_rejected")
+
+
+def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(generator constructor kwargs incl. name, run options) from one generator config dict."""
+    gen = {k: v for k, v in config.items() if k not in RUN_KEYS}
+    run = {k: config[k] for k in RUN_KEYS if k in config}
+    return gen, run
+
+
+def make_generator(config: dict[str, Any]) -> HintGenerator:
+    """``{"name": "oracle" | "openai" | "vllm", ...}`` -> a generator. Unknown keys are an error."""
+    cfg, run = split_config(dict(config))
+    name = cfg.pop("name", None)
+    if run.get("unstructured_mode") == "generate" and run.get("structured") is False:
+        cfg["kind"] = "unstructured"
+    if name == "oracle":
+        from ptdpo.hints.oracle import OracleGenerator as cls
+    elif name == "openai":
+        from ptdpo.hints.openai_gen import OpenAIGenerator as cls
+    elif name == "vllm":
+        from ptdpo.hints.vllm_gen import VLLMGenerator as cls
+    else:
+        raise ValueError(f"unknown hint generator {name!r} (known: oracle, openai, vllm)")
+    try:
+        return cls(**cfg)
+    except TypeError as e:
+        raise ValueError(f"bad config for the {name!r} hint generator: {e}") from e
+
+
+def iter_chunks(seq: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(seq), max(1, size)):
+        yield seq[i:i + size]

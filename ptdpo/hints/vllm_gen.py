@@ -1,0 +1,169 @@
+"""Offline batched hint generation with vLLM on GPU (the paper used Qwen3-VL-235B).
+
+vLLM is imported lazily, when the engine is first needed: ``import ptdpo.hints`` never imports it, and a
+CPU machine can build the generator, render its prompts and parse outputs (tests do). Install the
+``gpu`` extra on the GPU image.
+
+Engine: ``LLM(model=..., tensor_parallel_size=..., limit_mm_per_prompt={"image": limit_images},
+max_model_len=..., gpu_memory_utilization=..., seed=..., dtype=..., trust_remote_code=...,
+**engine_kwargs)``. Requests go through ``LLM.chat`` with OpenAI-format conversations (images as data
+URLs, the same messages the OpenAI-compatible generator sends), ``batch_size`` conversations per call
+so the shard cache is written as batches finish. ``chat_template_kwargs`` reaches the chat template
+(e.g. ``{"enable_thinking": false}`` for Qwen3 thinking models; a ``<think>`` block in the output is
+skipped by the parser anyway); ``mm_processor_kwargs`` the image processor (min/max pixels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ptdpo.data.schema import ItemError
+from ptdpo.hints.generation import GenerationRequest, HintGenerator, RawOutput, iter_chunks
+from ptdpo.hints.prompt import PROMPT_VERSION, generator_messages
+from ptdpo.hints.schema import STRUCTURED, UNSTRUCTURED
+
+
+class VLLMGenerator(HintGenerator):
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        tensor_parallel_size: int = 1,
+        temperature: float = 0.2,
+        top_p: float = 1.0,
+        max_tokens: int = 1024,
+        seed: int = 0,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.9,
+        limit_images: int = 4,
+        batch_size: int = 256,
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        mm_processor_kwargs: dict[str, Any] | None = None,
+        engine_kwargs: dict[str, Any] | None = None,
+        prompt_version: str = PROMPT_VERSION,
+        kind: str = STRUCTURED,
+        include_solution: bool = False,
+        image_max_side: int | None = None,
+        llm: Any = None,
+    ):
+        if kind not in (STRUCTURED, UNSTRUCTURED):
+            raise ValueError(f"kind must be {STRUCTURED!r} or {UNSTRUCTURED!r}")
+        self.model = model
+        self.tensor_parallel_size = int(tensor_parallel_size)
+        self.temperature = temperature
+        self.top_p = top_p
+        self.max_tokens = int(max_tokens)
+        self.seed = seed
+        self.max_model_len = max_model_len
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.limit_images = int(limit_images)
+        self.batch_size = int(batch_size)
+        self.dtype = dtype
+        self.trust_remote_code = trust_remote_code
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        self.mm_processor_kwargs = dict(mm_processor_kwargs or {})
+        self.engine_kwargs = dict(engine_kwargs or {})
+        self.prompt_version = prompt_version
+        self.kind = kind
+        self.include_solution = include_solution
+        self.image_max_side = image_max_side
+        self._llm = llm  # an existing engine (shared between steps) or a test double
+
+    def cache_params(self) -> dict[str, Any]:
+        return {
+            **self.sampling_kwargs(), "include_solution": self.include_solution,
+            "image_max_side": self.image_max_side, "chat_template_kwargs": self.chat_template_kwargs,
+            "mm_processor_kwargs": self.mm_processor_kwargs,
+        }
+
+    def engine_args(self) -> dict[str, Any]:
+        """Keyword arguments for ``vllm.LLM``."""
+        args: dict[str, Any] = {
+            "model": self.model,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "limit_mm_per_prompt": {"image": self.limit_images},
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "seed": self.seed,
+            "dtype": self.dtype,
+            "trust_remote_code": self.trust_remote_code,
+        }
+        if self.max_model_len is not None:
+            args["max_model_len"] = int(self.max_model_len)
+        if self.mm_processor_kwargs:
+            args["mm_processor_kwargs"] = self.mm_processor_kwargs
+        args.update(self.engine_kwargs)
+        return args
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens, "seed": self.seed}
+
+    def engine(self):
+        if self._llm is None:
+            try:
+                from vllm import LLM
+            except ImportError as e:
+                raise ImportError(
+                    "the 'vllm' hint generator needs vLLM on a GPU machine (pip install 'ptdpo[gpu]'); "
+                    "use the 'openai' generator against a vLLM server otherwise"
+                ) from e
+            self._llm = LLM(**self.engine_args())
+        return self._llm
+
+    def sampling_params(self):
+        try:
+            from vllm import SamplingParams
+        except ImportError:
+            if self._llm is not None:  # an injected engine without vLLM installed (a test double)
+                return dict(self.sampling_kwargs())
+            raise
+        return SamplingParams(**self.sampling_kwargs())
+
+    def conversations(self, requests: Sequence[GenerationRequest]) -> tuple[list[list[dict]], list[RawOutput]]:
+        """OpenAI-format conversations for the requests that could be rendered, and failures for the rest."""
+        convs, failed = [], []
+        for req in requests:
+            try:
+                convs.append(generator_messages(req.item, self.kind, req.feedback, req.previous_raw,
+                                                self.include_solution, self.image_max_side))
+            except ItemError as e:
+                failed.append(RawOutput(req.item.id, error=str(e)))
+        return convs, failed
+
+    def generate_stream(self, requests: Sequence[GenerationRequest]) -> Iterator[RawOutput]:
+        if not requests:
+            return
+        llm = self.engine()
+        sp = self.sampling_params()
+        for chunk in iter_chunks(list(requests), self.batch_size):
+            convs, failed = self.conversations(chunk)
+            yield from failed
+            bad = {f.item_id for f in failed}
+            ok = [r for r in chunk if r.item.id not in bad]
+            if not ok:
+                continue
+            kwargs: dict[str, Any] = {"sampling_params": sp, "use_tqdm": False}
+            if self.chat_template_kwargs:
+                kwargs["chat_template_kwargs"] = self.chat_template_kwargs
+            outputs = llm.chat(convs, **kwargs)
+            if len(outputs) != len(ok):
+                raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(ok)} conversations")
+            for req, out in zip(ok, outputs):
+                yield parse_request_output(req.item.id, out)
+
+
+def parse_request_output(item_id: str, out: Any) -> RawOutput:
+    """A vLLM ``RequestOutput`` (``.outputs[0].text``, ``.token_ids``, ``.finish_reason``) as a RawOutput."""
+    completions = getattr(out, "outputs", None) or []
+    if not completions:
+        return RawOutput(item_id, error="vLLM returned no completion")
+    c = completions[0]
+    usage = {
+        "prompt_tokens": len(getattr(out, "prompt_token_ids", None) or []),
+        "completion_tokens": len(getattr(c, "token_ids", None) or []),
+    }
+    notes = {"finish_reason": getattr(c, "finish_reason", None)}
+    return RawOutput(item_id, text=getattr(c, "text", "") or "", usage=usage, notes=notes)
