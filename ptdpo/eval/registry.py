@@ -1,0 +1,637 @@
+"""The benchmark registry: one small declarative spec per benchmark, no code per benchmark.
+
+A :class:`BenchmarkSpec` says where the data is (``dataset``: the data loader's spec dict, see
+``ptdpo.data.loaders.load_items``: format, hub id or local path, config ``name``, ``split``, ``revision``,
+``fields`` mapping columns onto the Item schema, ``meta_columns``, ``answer_format``), how answers are
+compared (``answer_type``: ``number`` | ``expression`` | ``choice`` | ``text`` | ``auto``), how the prompt is
+built (``prompt_template``, ``show_choices``) and which metric is headline (``metric``). A few generic,
+named ``transforms`` and ``filters`` cover what a column mapping cannot (strip ``<image>`` tokens, parse
+``"A. x; B. y"`` option strings, keep only MathVerse's vision-only rows).
+
+A user's own benchmark is a jsonl or parquet file plus a spec in config, without code::
+
+    {"name": "my_bench", "dataset": {"format": "jsonl", "path": "data/my_bench.jsonl"},
+     "answer_type": "number"}
+
+and a registered benchmark can be adjusted by name: ``{"name": "mathvista", "limit": 100}``.
+
+``hub`` records, for each public benchmark, the dataset id, config, split and columns this spec
+assumes, and whether they were checked against the live Hugging Face hub. None were: this project was
+built without network access. Column names were cross-checked against public code that loads these
+datasets where such code was found (``hub["evidence"]``), and every spec is tested against a local
+fixture written in the dataset's published schema.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ptdpo.data.schema import Item
+
+ANSWER_TYPES = ("auto", "number", "expression", "choice", "text")
+TRANSFORMS = ("strip_image_tokens", "options_from_text", "answer_from_tags")
+
+
+class BenchmarkError(ValueError):
+    """An unusable benchmark spec (unknown name, bad key, bad value)."""
+
+
+@dataclass
+class BenchmarkSpec:
+    """A benchmark, declaratively (see the module docstring).
+
+    - ``dataset``: the loader spec (``ptdpo.data.loaders.DatasetSpec`` keys). Relative paths are resolved
+      against ``base_dir`` when loading.
+    - ``answer_type``: how answers are compared (``ptdpo.rewards.match_answer``); ``auto`` decides per
+      item (options or a letter gold -> choice, a digit/LaTeX/operator -> math, else free text).
+    - ``prompt_template``: ``str.format`` template for the question text shown to the model, over
+      ``question`` and the item's ``meta`` keys (missing keys render empty); ``show_choices``: append the
+      item's options as ``A. ...`` lines (off when the template already shows them).
+    - ``filters``: ``{meta_key: value or [values]}``; rows whose value differs are dropped (the keys are
+      added to ``meta_columns``). ``limit`` applies after filtering.
+    - ``transforms``: ``strip_image_tokens`` (drop ``<image>`` / ``<image 3>`` placeholders from the
+      question), ``options_from_text:<meta key>`` (parse ``"A. 1; B. 2"`` into ``choices``),
+      ``answer_from_tags`` (``"<answer> 3 </answer>"`` -> ``"3"``).
+    - ``metric``: the headline metric (``accuracy``; with k samples per item it is avg@k).
+    - ``hub``: provenance of a public dataset id and its columns (``verified`` is False unless checked
+      against the live hub).
+    """
+
+    name: str
+    dataset: dict[str, Any]
+    answer_type: str = "auto"
+    prompt_template: str = "{question}"
+    show_choices: bool = True
+    metric: str = "accuracy"
+    filters: dict[str, Any] = field(default_factory=dict)
+    transforms: list[str] = field(default_factory=list)
+    limit: int | None = None
+    description: str = ""
+    hub: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise BenchmarkError("a benchmark needs a non-empty 'name'")
+        if not isinstance(self.dataset, Mapping) or "format" not in self.dataset:
+            raise BenchmarkError(
+                f"benchmark {self.name!r}: 'dataset' must be a loader spec dict with 'format'"
+            )
+        if self.answer_type not in ANSWER_TYPES:
+            raise BenchmarkError(
+                f"benchmark {self.name!r}: answer_type {self.answer_type!r} not in {list(ANSWER_TYPES)}"
+            )
+        for t in self.transforms:
+            if t.split(":", 1)[0] not in TRANSFORMS:
+                raise BenchmarkError(
+                    f"benchmark {self.name!r}: unknown transform {t!r}; known: {list(TRANSFORMS)}"
+                )
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 0):
+            raise BenchmarkError(f"benchmark {self.name!r}: limit must be a non-negative int")
+        if not isinstance(self.filters, Mapping):
+            raise BenchmarkError(f"benchmark {self.name!r}: filters must be a dict")
+
+    # ------------------------------------------------------------------ (de)serialisation
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BenchmarkSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise BenchmarkError(f"unknown benchmark spec key(s) {unknown}; known: {sorted(known)}")
+        return cls(**copy.deepcopy(dict(d)))
+
+    def replace(self, **changes: Any) -> BenchmarkSpec:
+        d = self.to_dict()
+        d.update(copy.deepcopy(changes))
+        return BenchmarkSpec.from_dict(d)
+
+    def with_local_file(self, path: str | Path, format: str | None = None) -> BenchmarkSpec:
+        """The same benchmark read from a local jsonl/parquet file (hub id, config and revision dropped;
+        field mapping, meta columns and answer format kept): for fixtures, mirrors and air-gapped runs."""
+        path = Path(path)
+        fmt = format or {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}.get(
+            path.suffix, "parquet"
+        )
+        ds = {
+            k: v
+            for k, v in self.dataset.items()
+            if k not in ("path", "name", "revision", "data_files", "split")
+        }
+        ds.update(format=fmt, path=str(path))
+        if self.dataset.get("split"):
+            ds["split"] = self.dataset["split"]
+        return self.replace(dataset=ds)
+
+    def loader_spec(self) -> dict[str, Any]:
+        """The dict handed to ``load_items``: ``dataset`` plus filter keys in ``meta_columns``, and the limit
+        when no filter runs after loading."""
+        d = copy.deepcopy(dict(self.dataset))
+        meta_cols = list(d.get("meta_columns") or [])
+        for key in self.filters:
+            if key not in meta_cols:
+                meta_cols.append(key)
+        if meta_cols:
+            d["meta_columns"] = meta_cols
+        if self.limit is not None and not self.filters:
+            d["limit"] = self.limit if d.get("limit") is None else min(d["limit"], self.limit)
+        return d
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _keep(item: Item, filters: Mapping[str, Any]) -> bool:
+    for key, want in filters.items():
+        have = item.meta.get(key) if isinstance(item.meta, dict) else None
+        wanted = want if isinstance(want, list | tuple | set) else [want]
+        if have not in wanted:
+            return False
+    return True
+
+
+_IMAGE_TOKEN_RE = re.compile(r"<image(?:\s*_?\s*(\d+))?>", re.IGNORECASE)
+_OPTION_SPLIT_RE = re.compile(r"(?:^|[;\n]|\s)\s*\(?([A-Z])[.):]\s*")
+
+
+def parse_lettered_options(text: str) -> list[str] | None:
+    """``"A. 1; B. 2; C. 3"`` / ``"(A) 1 (B) 2"`` -> ``["1", "2", "3"]``; None unless the letters run A, B, C..."""
+    if not isinstance(text, str) or not text.strip():
+        return None
+    marks = list(_OPTION_SPLIT_RE.finditer(text))
+    letters = [m.group(1) for m in marks]
+    if len(marks) < 2 or letters != [chr(ord("A") + i) for i in range(len(marks))]:
+        return None
+    out = []
+    for i, m in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+        opt = text[m.end() : end].strip().rstrip(";").strip()
+        if not opt:
+            return None
+        out.append(opt)
+    return out if len(set(out)) == len(out) else None
+
+
+def _transform(item: Item, transforms: Iterable[str]) -> Item:
+    for t in transforms:
+        kind, _, arg = t.partition(":")
+        if kind == "strip_image_tokens":
+            q = _IMAGE_TOKEN_RE.sub(lambda m: f"(image {m.group(1)})" if m.group(1) else "", item.question)
+            item.question = re.sub(r"[ \t]{2,}", " ", q).strip() or item.question
+        elif kind == "options_from_text":
+            raw = item.meta.get(arg or "option") if isinstance(item.meta, dict) else None
+            opts = parse_lettered_options(raw) if isinstance(raw, str) else None
+            if opts and not item.choices:
+                ans = item.answer.strip().strip("().").upper()
+                if len(ans) == 1 and "A" <= ans < chr(ord("A") + len(opts)):
+                    item.choices = opts
+                    item.answer = ans
+        elif kind == "answer_from_tags":
+            m = re.search(r"<answer>(.*?)</answer>", item.answer, re.DOTALL | re.IGNORECASE)
+            if m and m.group(1).strip():
+                item.answer = m.group(1).strip()
+    return item
+
+
+class _Blank(dict):
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def render_question(spec: BenchmarkSpec, item: Item) -> str:
+    """The question text shown to the model: ``prompt_template`` over ``question`` and ``meta``."""
+    values = _Blank({k: v for k, v in (item.meta or {}).items() if isinstance(k, str)})
+    values["question"] = item.question
+    values["choices_text"] = "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(item.choices or []))
+    try:
+        text = spec.prompt_template.format_map(values)
+    except (ValueError, IndexError, AttributeError, KeyError):
+        text = item.question
+    return text.strip() or item.question
+
+
+def prompt_item(spec: BenchmarkSpec, item: Item) -> Item:
+    """A copy of ``item`` as the prompt should show it (rendered question; options only if
+    ``show_choices``). Scoring keeps using the original item's answer and choices."""
+    return Item(
+        id=item.id,
+        images=item.images,
+        question=render_question(spec, item),
+        answer=item.answer,
+        choices=item.choices if spec.show_choices else None,
+        solution=None,
+        source=item.source,
+        split=item.split,
+        meta=item.meta,
+    )
+
+
+def load_benchmark(
+    spec: BenchmarkSpec | Mapping[str, Any] | str,
+    base_dir: str | Path | None = None,
+    limit: int | None = None,
+) -> list[Item]:
+    """Load a benchmark's items through ``ptdpo.data.loaders.load_items``, then filter, transform, limit."""
+    from ptdpo.data.loaders import load_items
+
+    spec = resolve_benchmark(spec)
+    if limit is not None:
+        spec = spec.replace(limit=limit if spec.limit is None else min(limit, spec.limit))
+    items = load_items(spec.loader_spec(), base_dir=base_dir)
+    if spec.filters:
+        items = [it for it in items if _keep(it, spec.filters)]
+    items = [_transform(it, spec.transforms) for it in items]
+    if spec.limit is not None:
+        items = items[: spec.limit]
+    for it in items:
+        it.source = it.source or spec.name
+    return items
+
+
+# ---------------------------------------------------------------------------------------------- registry
+
+_IMG_PNG_NOTE = "images: HF Image feature ({'bytes','path'} dicts), decoded by the loader"
+
+REGISTRY: dict[str, BenchmarkSpec] = {}
+
+
+def register(spec: BenchmarkSpec | Mapping[str, Any], overwrite: bool = False) -> BenchmarkSpec:
+    """Add a benchmark to the registry (by name)."""
+    spec = spec if isinstance(spec, BenchmarkSpec) else BenchmarkSpec.from_dict(spec)
+    if spec.name in REGISTRY and not overwrite:
+        raise BenchmarkError(f"benchmark {spec.name!r} is already registered")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_benchmarks() -> list[str]:
+    return list(REGISTRY)
+
+
+def get_benchmark(name: str) -> BenchmarkSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise BenchmarkError(f"unknown benchmark {name!r}; registered: {list(REGISTRY)}") from None
+
+
+def resolve_benchmark(ref: BenchmarkSpec | Mapping[str, Any] | str) -> BenchmarkSpec:
+    """A spec from a registered name, a full spec dict, or ``{"name": <registered>, <overrides>...}``."""
+    if isinstance(ref, BenchmarkSpec):
+        return ref
+    if isinstance(ref, str):
+        return get_benchmark(ref)
+    if isinstance(ref, Mapping):
+        if "dataset" not in ref:
+            name = ref.get("name")
+            if name not in REGISTRY:
+                raise BenchmarkError(
+                    f"benchmark {name!r} has no 'dataset' and is not registered; registered: {list(REGISTRY)}"
+                )
+            overrides = {k: v for k, v in ref.items() if k != "name"}
+            return REGISTRY[name].replace(**overrides) if overrides else REGISTRY[name]
+        return BenchmarkSpec.from_dict(ref)
+    raise BenchmarkError(f"cannot make a benchmark from {type(ref).__name__}")
+
+
+def registry_table() -> list[dict[str, Any]]:
+    """One row per registered benchmark: name, dataset id, split, answer type, verified."""
+    rows = []
+    for s in REGISTRY.values():
+        rows.append(
+            {
+                "name": s.name,
+                "dataset": s.hub.get("id") or s.dataset.get("path") or s.dataset.get("format"),
+                "config": s.dataset.get("name"),
+                "split": s.dataset.get("split"),
+                "answer_type": s.answer_type,
+                "verified": bool(s.hub.get("verified", False)),
+            }
+        )
+    return rows
+
+
+_NOT_LIVE = "not checked against the live hub (no network when written)"
+
+for _spec in (
+    BenchmarkSpec(
+        name="synthetic_id",
+        dataset={
+            "format": "synthetic",
+            "n": 200,
+            "seed": 1234,
+            "split": "test",
+            "ood": False,
+            "image_size": 128,
+        },
+        answer_type="auto",
+        description="Procedural scenes, in-distribution (ptdpo.data.synthetic), held-out seed.",
+        hub={"id": None, "verified": True, "notes": "generated locally; nothing to verify"},
+    ),
+    BenchmarkSpec(
+        name="synthetic_ood",
+        dataset={
+            "format": "synthetic",
+            "n": 200,
+            "seed": 1234,
+            "split": "test",
+            "ood": True,
+            "image_size": 128,
+        },
+        answer_type="auto",
+        description="Procedural scenes, out of distribution: held-out colour/shape pairs, more objects, "
+        "larger counts and numbers.",
+        hub={"id": None, "verified": True, "notes": "generated locally; nothing to verify"},
+    ),
+    BenchmarkSpec(
+        name="geometry3k",
+        dataset={
+            "format": "hf",
+            "path": "hiyouga/geometry3k",
+            "split": "test",
+            "fields": {"images": "images", "question": "problem", "answer": "answer"},
+        },
+        answer_type="expression",
+        transforms=["strip_image_tokens"],
+        description="Geometry3K test (601 items), free-form answers such as 3\\sqrt{3}.",
+        hub={
+            "id": "hiyouga/geometry3k",
+            "columns": ["images", "problem", "answer"],
+            "verified": False,
+            "evidence": "EasyR1 / verl examples load hiyouga/geometry3k@test with keys images, problem, answer",
+            "notes": _NOT_LIVE + "; " + _IMG_PNG_NOTE + "; no id column, ids are geometry3k-test-<row>",
+        },
+    ),
+    BenchmarkSpec(
+        name="mathvista",
+        dataset={
+            "format": "hf",
+            "path": "AI4Math/MathVista",
+            "split": "testmini",
+            "fields": {
+                "id": "pid",
+                "images": "decoded_image",
+                "question": "question",
+                "answer": "answer",
+                "choices": "choices",
+            },
+            "meta_columns": ["query", "precision", "unit", "question_type", "answer_type"],
+            "answer_format": "auto",
+        },
+        answer_type="auto",
+        prompt_template="{query}",
+        show_choices=False,
+        description="MathVista testmini (1000 items). The prompt is the dataset's own 'query' (hint, question "
+        "and lettered choices); multiple-choice answers (option text) become letters; float answers are "
+        "compared to the item's 'precision'.",
+        hub={
+            "id": "AI4Math/MathVista",
+            "columns": [
+                "pid",
+                "question",
+                "image",
+                "decoded_image",
+                "choices",
+                "unit",
+                "precision",
+                "answer",
+                "question_type",
+                "answer_type",
+                "metadata",
+                "query",
+            ],
+            "verified": False,
+            "evidence": "public eval scripts use pid, query/question, choices, answer, decoded_image",
+            "notes": _NOT_LIVE,
+        },
+    ),
+    BenchmarkSpec(
+        name="mathverse_vision_only",
+        dataset={
+            "format": "hf",
+            "path": "AI4Math/MathVerse",
+            "name": "testmini",
+            "split": "testmini",
+            "fields": {"id": "sample_index", "images": "image", "question": "query_cot", "answer": "answer"},
+            "meta_columns": ["question_type", "problem_index"],
+        },
+        answer_type="auto",
+        filters={"problem_version": "Vision Only"},
+        description="MathVerse testmini, the 788 'Vision Only' items: the question and options are drawn in "
+        "the image; multiple-choice golds are letters, free-form golds numbers or expressions.",
+        hub={
+            "id": "AI4Math/MathVerse",
+            "config": "testmini",
+            "columns": [
+                "sample_index",
+                "problem_index",
+                "problem_version",
+                "question",
+                "image",
+                "answer",
+                "question_type",
+                "metadata",
+                "query_wo",
+                "query_cot",
+                "question_for_eval",
+            ],
+            "verified": False,
+            "evidence": "public scripts filter problem_version == 'Vision Only' (788 rows) and use query_wo",
+            "notes": _NOT_LIVE,
+        },
+    ),
+    BenchmarkSpec(
+        name="wemath",
+        dataset={
+            "format": "hf",
+            "path": "We-Math/We-Math",
+            "split": "testmini",
+            "fields": {"id": "ID", "images": "image_path", "question": "question", "answer": "answer"},
+            "meta_columns": ["option", "knowledge concept", "key"],
+        },
+        answer_type="choice",
+        transforms=["options_from_text:option"],
+        description="We-Math testmini (1740 items), multiple choice; options come as one 'A. x; B. y' string.",
+        hub={
+            "id": "We-Math/We-Math",
+            "columns": [
+                "ID",
+                "split",
+                "knowledge concept",
+                "question",
+                "option",
+                "answer",
+                "image_path",
+                "key",
+                "question number",
+                "knowledge concept description",
+            ],
+            "verified": False,
+            "evidence": "public scripts load split testmini and use ID, question, option, answer, image_path",
+            "notes": _NOT_LIVE + "; ID is not unique across the 'key' sub-questions in some dumps",
+        },
+    ),
+    BenchmarkSpec(
+        name="logicvista",
+        dataset={
+            "format": "hf",
+            "path": "lscpku/LogicVista",
+            "split": "test",
+            "fields": {"id": "id", "images": "image", "question": "question", "answer": "answer"},
+            "meta_columns": ["skill"],
+        },
+        answer_type="choice",
+        description="LogicVista (448 items): options are in the question text; golds are letters, some a set "
+        "such as 'A, C' (all letters must match).",
+        hub={
+            "id": "lscpku/LogicVista",
+            "columns": [
+                "id",
+                "image",
+                "question",
+                "answer",
+                "reasoning",
+                "skill",
+                "broad_capability",
+                "specific_capability",
+                "imagesource",
+            ],
+            "verified": False,
+            "evidence": "public scripts load split test and use id, question, answer, image",
+            "notes": _NOT_LIVE,
+        },
+    ),
+    BenchmarkSpec(
+        name="mmmu_pro_vision",
+        dataset={
+            "format": "hf",
+            "path": "MMMU/MMMU_Pro",
+            "name": "vision",
+            "split": "test",
+            "fields": {"id": "id", "images": "image", "question": "id", "answer": "answer"},
+            "meta_columns": ["subject"],
+        },
+        answer_type="choice",
+        prompt_template="The question and its lettered options are shown in the image. Answer with the letter "
+        "of the correct option.",
+        show_choices=False,
+        description="MMMU-Pro vision setting (1730 items): question and options only in the screenshot; gold "
+        "is a letter A-J. The loader needs a question column, so 'id' is mapped and the template replaces it.",
+        hub={
+            "id": "MMMU/MMMU_Pro",
+            "config": "vision",
+            "columns": ["id", "image", "options", "answer", "subject"],
+            "verified": False,
+            "evidence": "public scripts load config 'vision' split test with id, image, options, answer, subject",
+            "notes": _NOT_LIVE,
+        },
+    ),
+    BenchmarkSpec(
+        name="mmmu_pro_standard10",
+        dataset={
+            "format": "hf",
+            "path": "MMMU/MMMU_Pro",
+            "name": "standard (10 options)",
+            "split": "test",
+            "fields": {
+                "id": "id",
+                "images": [f"image_{i}" for i in range(1, 8)],
+                "question": "question",
+                "answer": "answer",
+                "choices": "options",
+            },
+            "meta_columns": ["subject", "img_type", "topic_difficulty"],
+            "answer_format": "letter",
+        },
+        answer_type="choice",
+        transforms=["strip_image_tokens"],
+        description="MMMU-Pro standard setting with 10 options (1730 items); options are a Python-list string; "
+        "<image N> placeholders in the question become '(image N)'.",
+        hub={
+            "id": "MMMU/MMMU_Pro",
+            "config": "standard (10 options)",
+            "columns": [
+                "id",
+                "question",
+                "options",
+                "explanation",
+                "image_1",
+                "image_2",
+                "image_3",
+                "image_4",
+                "image_5",
+                "image_6",
+                "image_7",
+                "img_type",
+                "answer",
+                "topic_difficulty",
+                "subject",
+            ],
+            "verified": False,
+            "evidence": "public scripts parse 'options' with ast.literal_eval and read image_1..image_7",
+            "notes": _NOT_LIVE,
+        },
+    ),
+    BenchmarkSpec(
+        name="superclevr_count",
+        dataset={
+            "format": "hf",
+            "path": "MMInstruction/SuperClevr_Val",
+            "split": "train",
+            "fields": {"images": "image", "question": "problem", "answer": "solution"},
+        },
+        answer_type="number",
+        transforms=["answer_from_tags", "strip_image_tokens"],
+        description="Super-CLEVR counting, the R1-V validation set (200 items): counts objects; answers are "
+        "'<answer> N </answer>'.",
+        hub={
+            "id": "MMInstruction/SuperClevr_Val",
+            "columns": ["image", "problem", "solution"],
+            "verified": False,
+            "evidence": "public R1-V-style scripts read problem and solution; the column names vary between "
+            "copies (some code tries image/problem/solution, question/answer)",
+            "notes": _NOT_LIVE + "; least certain of the suite: check the columns before a real run",
+        },
+    ),
+    BenchmarkSpec(
+        name="clevr_count",
+        dataset={
+            "format": "hf",
+            "path": "BUAADreamer/clevr_count_70k",
+            "split": "test",
+            "fields": {"images": "images", "question": "problem", "answer": "answer"},
+        },
+        answer_type="number",
+        transforms=["strip_image_tokens"],
+        description="CLEVR counting test split as used by PAPO's evaluation ('Counting' column of its tables).",
+        hub={
+            "id": "BUAADreamer/clevr_count_70k",
+            "columns": ["images", "problem", "answer"],
+            "verified": False,
+            "evidence": "EasyR1 / AReaL configs: image_key images, prompt_key problem, answer_key answer",
+            "notes": _NOT_LIVE,
+        },
+    ),
+):
+    register(_spec)
+
+#: The paper's evaluation suite (METHOD.md section 5, the PAPO suite).
+PAPER_SUITE = (
+    "geometry3k",
+    "mathvista",
+    "mathverse_vision_only",
+    "mmmu_pro_vision",
+    "logicvista",
+    "superclevr_count",
+    "wemath",
+)
