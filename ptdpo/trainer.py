@@ -480,7 +480,8 @@ class Trainer:
         t_teacher = time.perf_counter()
         self.policy.train()
         ustats = self._update(rollouts)
-        self.scheduler.step()
+        if not ustats.get("skipped_nonfinite"):
+            self.scheduler.step()
         self.backend.sync_weights(self.policy)
         t_update = time.perf_counter()
         self.step += 1
