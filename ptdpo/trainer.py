@@ -229,13 +229,16 @@ class Trainer:
         world, rank = self.dist.world_size, self.dist.rank
         per_rank = max(1, cfg.prompts_per_step // world)
         rollouts: list[Rollout] = []
+        self._reward_time = 0.0
         rounds = 1 + (cfg.max_resample_rounds if cfg.dynamic_sampling else 0)
         kept_groups = 0
         for rnd in range(rounds):
             # every rank draws the global batch so that the sampler state is identical everywhere
             indices = self.sampler.next(per_rank * world)[rank * per_rank : (rank + 1) * per_rank]
             new = self._rollout_round(indices, first_group=rnd * per_rank * world + rank * per_rank, rnd=rnd)
+            t = time.perf_counter()
             self._score(new)
+            self._reward_time += time.perf_counter() - t
             rollouts.extend(new)
             if not cfg.dynamic_sampling:
                 break
@@ -330,12 +333,12 @@ class Trainer:
     def _teacher_forward(self, rollouts: list[Rollout]) -> dict[str, float]:
         """Teacher hidden states on PTD rollouts: same completion tokens and images, hint prompt."""
         ptd = [r for r in rollouts if r.ptd]
-        if not ptd:
+        if not dist_utils.all_sum(len(ptd)):
             return {}
         teacher = self.reference if self.cfg.ptd.teacher == "ref" else self.policy
         self._teacher_weight = lm_head_weight(teacher).detach().clone()
         prompts = self._teacher_prompts([self.items[r.item_index] for r in ptd])
-        ent_sum, nll_sum, n = 0.0, 0.0, 0
+        sums = {"ent_ok": 0.0, "ent_fail": 0.0, "n_ok": 0, "n_fail": 0, "nll": 0.0}
         for chunk_idx in _chunks(list(range(len(ptd))), self.cfg.micro_batch_rollouts):
             chunk = [ptd[i] for i in chunk_idx]
             tprompts = [prompts[i] for i in chunk_idx]
@@ -343,12 +346,22 @@ class Trainer:
                 _assert_same_images(r.prompt, tp)
             h, ids, m = self._hidden(teacher, chunk, tprompts)
             lp, ent = chunked_token_logprobs(h[m], self._teacher_weight, ids[m], temperature=self.cfg.temperature)
-            ent_sum += float(ent.sum())
-            nll_sum += float(-lp.sum())
-            n += int(m.sum())
+            ok_tok = torch.tensor([r.accuracy >= 1.0 for r in chunk], device=m.device)[:, None].expand_as(m)[m]
+            sums["ent_ok"] += float(ent[ok_tok].sum())
+            sums["ent_fail"] += float(ent[~ok_tok].sum())
+            sums["n_ok"] += int(ok_tok.sum())
+            sums["n_fail"] += int((~ok_tok).sum())
+            sums["nll"] += float(-lp.sum())
             for r, row, mrow in zip(chunk, h, m):
                 r.teacher_hidden = row[mrow].clone()
-        return {"teacher_entropy": ent_sum / max(n, 1), "teacher_nll": nll_sum / max(n, 1)}
+        sums = {k: dist_utils.all_sum(v) for k, v in sums.items()}
+        n = sums["n_ok"] + sums["n_fail"]
+        return {
+            "teacher_entropy": (sums["ent_ok"] + sums["ent_fail"]) / max(n, 1),
+            "teacher_entropy_failed": sums["ent_fail"] / sums["n_fail"] if sums["n_fail"] else float("nan"),
+            "teacher_entropy_correct": sums["ent_ok"] / sums["n_ok"] if sums["n_ok"] else float("nan"),
+            "teacher_nll": sums["nll"] / max(n, 1),
+        }
 
     # ------------------------------------------------------------------ update
     def _update(self, rollouts: list[Rollout]) -> dict[str, float]:
@@ -412,7 +425,10 @@ class Trainer:
                 stat_weight += w
                 for k, v in pstats.items():
                     acc[k] = acc.get(k, 0.0) + float(v) * w
-                acc["student_entropy_sum"] = acc.get("student_entropy_sum", 0.0) + float(ent.sum())
+                ok_tok = torch.tensor([r.accuracy >= 1.0 for r in chunk], device=dev)[:, None].expand_as(mpg)[mpg]
+                for key, sel in (("ok", ok_tok), ("fail", ~ok_tok)):
+                    acc[f"student_entropy_{key}_sum"] = acc.get(f"student_entropy_{key}_sum", 0.0) + float(ent[sel].sum())
+                    acc[f"student_tokens_{key}_sum"] = acc.get(f"student_tokens_{key}_sum", 0.0) + float(sel.sum())
                 if use_kl:
                     mkl = mpg & torch.tensor([r.ref_kl for r in chunk], device=dev)[:, None]
                     if mkl.any():
@@ -445,7 +461,11 @@ class Trainer:
         params = [p for p in self.policy.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         out = {k: v / max(stat_weight, 1) for k, v in acc.items() if not k.endswith("_sum")}
-        out["student_entropy"] = dist_utils.all_sum(acc.get("student_entropy_sum", 0.0)) / max(n_pg_tokens, 1)
+        ent_ok, ent_fail = (dist_utils.all_sum(acc.get(f"student_entropy_{k}_sum", 0.0)) for k in ("ok", "fail"))
+        tok_ok, tok_fail = (dist_utils.all_sum(acc.get(f"student_tokens_{k}_sum", 0.0)) for k in ("ok", "fail"))
+        out["student_entropy"] = (ent_ok + ent_fail) / max(tok_ok + tok_fail, 1)
+        out["student_entropy_correct"] = ent_ok / tok_ok if tok_ok else float("nan")
+        out["student_entropy_failed"] = ent_fail / tok_fail if tok_fail else float("nan")
         out["ptd_loss"] = dist_utils.all_sum(acc.get("ptd_loss_sum", 0.0)) / max(n_ptd_tokens, 1)
         out["kl_ref"] = dist_utils.all_sum(acc.get("kl_ref_sum", 0.0)) / max(n_kl_tokens, 1)
         out["pg_loss"] = dist_utils.all_sum(acc.get("pg_loss_sum", 0.0))
@@ -468,7 +488,6 @@ class Trainer:
         rollouts = self.collect()
         self.backend.sleep()
         t_rollout = time.perf_counter()
-        # reward time is inside collect(); it is measured separately by the reward module's timer
         ref_needed = cfg.kl_coef > 0 and self.reference is not None
         if ref_needed:
             self._score_with(self.reference, [r for r in rollouts if r.in_pg], "ref_logprobs")
@@ -491,7 +510,8 @@ class Trainer:
         m.update(
             step=self.step,
             lr=self.scheduler.get_last_lr()[0],
-            time_rollout=t_rollout - t0,
+            time_rollout=t_rollout - t0 - self._reward_time,
+            time_reward=self._reward_time,
             time_ref=t_ref - t_rollout,
             time_teacher=t_teacher - t_ref,
             time_update=t_update - t_teacher,

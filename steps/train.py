@@ -9,6 +9,7 @@ same inputs, rank 0 writes the outputs.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -93,14 +94,20 @@ def run_training(
         model, processor = load_policy(cfg.policy, device=device, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     else:
         model, processor = policy
+    # The frozen reference is copied before sharding and sharded the same way as the policy.
+    needs_ref = (cfg.ptd.enabled and cfg.ptd.lambda_ptd > 0 and cfg.ptd.teacher == "ref") or cfg.kl_coef > 0
+    reference = copy.deepcopy(model) if needs_ref else None
     model = dist_utils.shard_model(model, cfg.sharding)
+    if reference is not None:
+        reference = dist_utils.shard_model(reference.requires_grad_(False), cfg.sharding)
     backend = None
     if cfg.rollout_backend == "vllm":
         from ptdpo.rollout.vllm_backend import VLLMRolloutBackend
 
         backend = VLLMRolloutBackend(cfg.policy, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, **cfg.vllm)
     trainer = Trainer(
-        cfg, model, processor, items, hints=hints, backend=backend, checkpoint_dir=ckpt_dir, on_checkpoint=on_checkpoint
+        cfg, model, processor, items, hints=hints, backend=backend, reference=reference,
+        checkpoint_dir=ckpt_dir, on_checkpoint=on_checkpoint,
     )
     resumed_from = 0
     if trainer.resume_if_possible() or (resume_from and trainer.resume_if_possible(resume_from)):
