@@ -64,6 +64,23 @@ def all_mean(x: float) -> float:
     return all_sum(x) / dist.get_world_size()
 
 
+def all_max(x: float | int) -> float:
+    if not is_distributed():
+        return float(x)
+    t = torch.tensor([float(x)], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def lockstep_padding(n_local_passes: int, model: torch.nn.Module) -> int:
+    """How many extra (dummy) passes this rank must run so that every rank runs as many forward
+    passes through ``model`` as the busiest rank: FSDP all-gathers parameters inside each forward,
+    so ranks that stop early would leave the others waiting forever. Zero for unsharded models."""
+    if id(model) not in _FSDP_MODELS or not is_distributed():
+        return 0
+    return int(all_max(n_local_passes)) - n_local_passes
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

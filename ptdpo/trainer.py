@@ -321,7 +321,10 @@ class Trainer:
     def _score_with(self, model: torch.nn.Module, rollouts: list[Rollout], attr: str) -> None:
         """Per-token log-probs of the sampled tokens under ``model`` (old policy or reference)."""
         weight = lm_head_weight(model)
-        for chunk in _chunks(rollouts, self.cfg.micro_batch_rollouts):
+        chunks = _chunks(rollouts, self.cfg.micro_batch_rollouts)
+        for _ in range(dist_utils.lockstep_padding(len(chunks), model)):
+            self._hidden(model, [self._any_rollout])
+        for chunk in chunks:
             h, ids, m = self._hidden(model, chunk)
             lp, _ = chunked_token_logprobs(h[m], weight, ids[m], temperature=self.cfg.temperature)
             rows = torch.zeros(ids.shape, dtype=lp.dtype)
@@ -337,9 +340,13 @@ class Trainer:
             return {}
         teacher = self.reference if self.cfg.ptd.teacher == "ref" else self.policy
         self._teacher_weight = lm_head_weight(teacher).detach().clone()
+        self._any_rollout = rollouts[0]
         prompts = self._teacher_prompts([self.items[r.item_index] for r in ptd])
         sums = {"ent_ok": 0.0, "ent_fail": 0.0, "n_ok": 0, "n_fail": 0, "nll": 0.0}
-        for chunk_idx in _chunks(list(range(len(ptd))), self.cfg.micro_batch_rollouts):
+        chunks = _chunks(list(range(len(ptd))), self.cfg.micro_batch_rollouts)
+        for _ in range(dist_utils.lockstep_padding(len(chunks), teacher)):
+            self._hidden(teacher, [self._any_rollout])
+        for chunk_idx in chunks:
             chunk = [ptd[i] for i in chunk_idx]
             tprompts = [prompts[i] for i in chunk_idx]
             for r, tp in zip(chunk, tprompts):
@@ -396,7 +403,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         acc: dict[str, float] = {}
         stat_weight = 0
-        for chunk in _chunks([r for r in mb if r.in_pg or r.ptd], cfg.micro_batch_rollouts):
+        chunks = _chunks([r for r in mb if r.in_pg or r.ptd], cfg.micro_batch_rollouts)
+        for _ in range(dist_utils.lockstep_padding(len(chunks), self.policy)):
+            # FSDP: every rank must run as many forward/backward passes as the busiest one
+            (self._hidden(self.policy, [mb[0]])[0].sum() * 0.0).backward()
+        for chunk in chunks:
             h, ids, m = self._hidden(self.policy, chunk)
             dev = h.device
             weight = weight_fn()
@@ -486,6 +497,7 @@ class Trainer:
         self.backend.wake()
         self.policy.eval()
         rollouts = self.collect()
+        self._any_rollout = rollouts[0]
         self.backend.sleep()
         t_rollout = time.perf_counter()
         ref_needed = cfg.kl_coef > 0 and self.reference is not None
