@@ -1,0 +1,57 @@
+"""Shared pytest fixtures.
+
+Models: ``tiny_policy`` is a (model, processor) pair of the 0.5M-parameter random Qwen3-VL, built once
+per session (seed 0, eval mode). Treat it as read-only: a test that trains or edits weights takes
+``copy.deepcopy(model)`` (or calls ``build_tiny_qwen3vl`` itself).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+TINY_SIZE = "0.5m"
+TINY_SEED = 0
+
+
+def _limit_threads() -> None:
+    import torch
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_policy():
+    """(Qwen3VLForConditionalGeneration 0.5M random weights, Qwen3VLImageProcessor), read-only."""
+    _limit_threads()
+    from ptdpo.models.tiny import build_tiny_qwen3vl
+
+    return build_tiny_qwen3vl(TINY_SIZE, seed=TINY_SEED)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_policy):
+    return tiny_policy[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tiny_policy):
+    return tiny_policy[1]
+
+
+@pytest.fixture(scope="session")
+def make_image():
+    """``make_image(width, height, seed=0)``: a deterministic RGB PIL image with a few coloured blocks."""
+
+    def _make(width: int = 64, height: int = 64, seed: int = 0):
+        from PIL import Image, ImageDraw
+
+        img = Image.new("RGB", (width, height), (255 - 40 * (seed % 5), 255, 255))
+        draw = ImageDraw.Draw(img)
+        for k in range(3):
+            x0 = (7 * (seed + 1) * (k + 1)) % max(1, width - 8)
+            y0 = (11 * (seed + 2) * (k + 1)) % max(1, height - 8)
+            colour = ((80 * k + 30 * seed) % 256, (150 + 40 * k) % 256, (60 * seed) % 256)
+            draw.rectangle([x0, y0, x0 + width // 4, y0 + height // 4], fill=colour)
+        return img
+
+    return _make
