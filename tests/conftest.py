@@ -14,9 +14,17 @@ TINY_SEED = 0
 
 
 def _limit_threads() -> None:
+    # One intra-op thread: the tiny models gain nothing from more, and on a 2-core machine shared with
+    # subprocesses (Metaflow tasks, torchrun ranks, math workers) OpenMP spinning makes 2 threads up
+    # to 50x slower.
     import torch
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    _limit_threads()
 
 
 @pytest.fixture(scope="session")

@@ -171,7 +171,7 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_policy):
 @pytest.mark.slow
 def test_mean_reward_rises_after_warm_start(tiny_policy):
     """What it trains: the 0.5M tiny Qwen3-VL on synthetic counting questions (count_attr, answers 1-5).
-    A 20-step supervised warm start teaches the <think>/<answer> format with RANDOM answers (so it
+    A 40-step supervised warm start teaches the <think>/<answer> format with RANDOM answers (so it
     teaches no counting); then GRPO with the paper's reward (0.9 accuracy + 0.1 format) must raise
     the mean reward: format compliance and the answer prior are both learnable from the reward."""
     import random
@@ -182,16 +182,17 @@ def test_mean_reward_rises_after_warm_start(tiny_policy):
     items = generate_synthetic(48, seed=0, families=["count_attr"], image_size=64, difficulty=(1, 2))
     rng = random.Random(0)
     targets = [format_target("count", str(rng.randint(1, 5))) for _ in items]
-    sft_warm_start(model, processor, items, targets, steps=20, lr=3e-3, batch_size=8)
+    losses = sft_warm_start(model, processor, items, targets, steps=40, lr=3e-3, batch_size=8)
+    assert losses[-1] < 0.5 * losses[0]
     cfg = TrainConfig(
-        policy="tiny:0.5m", group_size=8, prompts_per_step=4, micro_batch_rollouts=16, max_response_length=16,
-        lr=2e-3, weight_decay=0.0, kl_coef=0.0, seed=0, ptd=PTDConfig(enabled=False),
+        policy="tiny:0.5m", group_size=8, prompts_per_step=8, micro_batch_rollouts=32, max_response_length=16,
+        lr=3e-3, weight_decay=0.0, kl_coef=0.0, seed=0, ptd=PTDConfig(enabled=False),
     ).resolved()
     trainer = Trainer(cfg, model, processor, items)
-    rewards = [trainer.train_step().metrics["reward"] for _ in range(16)]
-    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
-    print(f"mean reward first 5 steps {first:.3f}, last 5 steps {last:.3f}: {rewards}")
-    assert last > first + 0.03, rewards
+    rewards = [trainer.train_step().metrics["reward"] for _ in range(24)]
+    first, last = sum(rewards[:6]) / 6, sum(rewards[-6:]) / 6
+    print(f"mean reward first 6 steps {first:.3f}, last 6 steps {last:.3f}: {rewards}")
+    assert last > first + 0.08, rewards
 
 
 def test_nonfinite_loss_skips_update_then_stops(tiny_policy):
