@@ -44,6 +44,9 @@ class PTDConfig:
     ptd_all_trajectories: bool = False
     ptd_skip_truncated: bool = False
     chunk_size: int = 1024
+    # Ablation (METHOD.md 2.7): switch off the reference KL on the groups PTD would select, but apply
+    # no distillation, separating the effect of KL masking from that of the hint teacher.
+    mask_only: bool = False
 
 
 @dataclass
@@ -112,6 +115,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def distills(self) -> bool:
+        """True when the PTD loss is applied (not for baselines, nor the KL-masking-only ablation)."""
+        return self.ptd.enabled and self.ptd.lambda_ptd > 0 and not self.ptd.mask_only
+
+    @property
+    def needs_reference(self) -> bool:
+        """A frozen reference model is needed: as the PTD teacher, or for the KL term."""
+        return (self.distills and self.ptd.teacher == "ref") or bool(self.kl_coef)
 
 
 def _check(c: TrainConfig) -> None:

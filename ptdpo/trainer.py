@@ -119,8 +119,7 @@ class Trainer:
                     p.requires_grad_(False)
         if cfg.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
-        needs_ref = (cfg.ptd.enabled and cfg.ptd.lambda_ptd > 0 and cfg.ptd.teacher == "ref") or cfg.kl_coef > 0
-        if reference is None and needs_ref:
+        if reference is None and cfg.needs_reference:
             reference = copy.deepcopy(policy)
         self.reference = reference
         if self.reference is not None:
@@ -283,7 +282,7 @@ class Trainer:
         acc = torch.tensor([r.accuracy for r in rollouts])
         has_ctx = torch.tensor([self.has_teacher_context(self.items[r.item_index]) for r in rollouts])
         truncated = torch.tensor([r.truncated for r in rollouts])
-        ptd_on = cfg.ptd.enabled and cfg.ptd.lambda_ptd > 0
+        ptd_on = cfg.ptd.enabled and (cfg.ptd.lambda_ptd > 0 or cfg.ptd.mask_only)
         if ptd_on:
             pm = ptd_mask(
                 acc,
@@ -297,9 +296,10 @@ class Trainer:
         else:
             pm = torch.zeros(len(rollouts), dtype=torch.bool)
         kl_off = ref_kl_group_mask(pm, groups) if cfg.ptd.mask_ref_kl_on_ptd_groups else torch.zeros_like(pm)
+        distill = not cfg.ptd.mask_only
         for i, r in enumerate(rollouts):
             r.advantage = float(adv[i])
-            r.ptd = bool(pm[i]) and (r.in_pg or cfg.ptd.ptd_on_filtered_groups)
+            r.ptd = distill and bool(pm[i]) and (r.in_pg or cfg.ptd.ptd_on_filtered_groups)
             r.ref_kl = not bool(kl_off[i])
 
     # ------------------------------------------------------------------ forwards

@@ -95,8 +95,7 @@ def run_training(
     else:
         model, processor = policy
     # The frozen reference is copied before sharding and sharded the same way as the policy.
-    needs_ref = (cfg.ptd.enabled and cfg.ptd.lambda_ptd > 0 and cfg.ptd.teacher == "ref") or cfg.kl_coef > 0
-    reference = copy.deepcopy(model) if needs_ref else None
+    reference = copy.deepcopy(model) if cfg.needs_reference else None
     model = dist_utils.shard_model(model, cfg.sharding)
     if reference is not None:
         reference = dist_utils.shard_model(reference.requires_grad_(False), cfg.sharding)

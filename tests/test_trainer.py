@@ -273,3 +273,17 @@ def test_two_process_gloo_equals_one_process(tmp_path, tiny_policy):
         worst = max(worst, rel)
         assert rel < 1e-3, (n, rel)
     print(f"largest relative difference of a parameter update, 2 ranks vs 1: {worst:.2e}")
+
+
+@pytest.mark.parametrize("mask_only", [False, True])
+def test_kl_masking_with_and_without_distillation(tiny_policy, mask_only):
+    """mask_ref_kl_on_ptd_groups switches the reference KL off on PTD groups; the mask_only ablation
+    does that too but distils nothing (METHOD.md 2.7)."""
+    model, processor = copy.deepcopy(tiny_policy[0]), tiny_policy[1]
+    items = _items()
+    cfg = _cfg(kl_coef=0.01, ptd={"mask_only": mask_only})
+    trainer = Trainer(cfg, model, processor, items, hints=_hints(items), reward_fn=_zero_reward)
+    rollouts = trainer.collect()
+    assert not any(r.ref_kl for r in rollouts)  # every group fails: all would get PTD
+    assert all(r.ptd for r in rollouts) != mask_only
+    assert cfg.distills != mask_only
