@@ -79,12 +79,13 @@ def main() -> None:
     p.add_argument("--response-length", type=int, default=48)
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--steps", type=int, default=4, help="measured steps per arm (after one warm-up step)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     if args.quick:
         args.size, args.steps, args.response_length, args.prompts, args.group_size = "0.5m", 1, 8, 2, 4
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model, processor = build_tiny_qwen3vl(args.size, seed=0)
     items = generate_synthetic(32, seed=0, families=["count_attr"], image_size=64)
     hints = {r.item_id: r.hint for r in OracleGenerator().generate(items) if r.hint is not None}

@@ -269,7 +269,7 @@ def test_two_process_gloo_equals_one_process(tmp_path, tiny_policy):
     worst = 0.0
     for (n, p0), (_, p1), (_, p2) in zip(m0.named_parameters(), m1.named_parameters(), m2.named_parameters()):
         d1, d2 = p1 - p0, p2 - p0
-        rel = float((d1 - d2).norm() / d1.norm().clamp(min=1e-12))
+        rel = float((d1 - d2).detach().norm() / d1.detach().norm().clamp(min=1e-12))
         worst = max(worst, rel)
         assert rel < 1e-3, (n, rel)
     print(f"largest relative difference of a parameter update, 2 ranks vs 1: {worst:.2e}")
