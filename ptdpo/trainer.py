@@ -447,7 +447,7 @@ class Trainer:
                         kl_tok = kl_penalty(logp, ref.to(device=dev, dtype=lp.dtype), cfg.kl_estimator)
                         kl_sum = torch.where(mkl, kl_tok, torch.zeros_like(kl_tok)).sum()
                         loss = loss + cfg.kl_coef * kl_sum / max(n_kl_tokens, 1)
-                        acc["kl_ref_sum"] = acc.get("kl_ref_sum", 0.0) + float(kl_sum)
+                        acc["kl_ref_sum"] = acc.get("kl_ref_sum", 0.0) + float(kl_sum.detach())
             is_ptd = torch.tensor([r.ptd for r in chunk], device=dev)
             if is_ptd.any():
                 mp = m & is_ptd[:, None]
@@ -566,6 +566,7 @@ class Trainer:
             "response_length": float(lengths.mean()),
             "truncated_frac": float(torch.tensor([r.truncated for r in rollouts]).float().mean()),
             "pg_rollout_frac": float(torch.tensor([r.in_pg for r in rollouts]).float().mean()),
+            "kl_masked_rollout_frac": float(torch.tensor([not r.ref_kl for r in rollouts]).float().mean()),
         }
         out = {k: dist_utils.all_mean(v) for k, v in local.items()}
         out["response_tokens"] = dist_utils.all_sum(float(lengths.sum()))

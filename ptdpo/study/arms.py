@@ -1,0 +1,105 @@
+"""The study config: one base model, one dataset, several arms x several seeds.
+
+``configs/study.json`` (keys)::
+
+    {"name": ..., "data": DataSpec fields, "n_train": 64, "n_eval": 128,
+     "base": WarmStartSpec fields,
+     "train": TrainConfig fields shared by every arm,
+     "arms": {"grpo": {"hints": null, "train": {...overrides...}}, ...},
+     "seeds": [0, 1, 2],
+     "eval": {"max_new_tokens": 16, "k": 4, "temperature": 1.0}}
+
+An arm's ``train`` is merged into the shared ``train`` (objects recursively, like a JSON merge patch);
+its ``hints`` says which hints the trainer gets: ``"structured"`` (the audited oracle hints),
+``"unstructured"`` (the same hints as one paragraph) or ``null`` (none).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from ptdpo.config import train_config_from_dict
+
+HINT_KINDS = ("structured", "unstructured", None)
+STUDY_KEYS = {"name", "description", "data", "n_train", "n_eval", "base", "train", "arms", "seeds", "eval", "notes"}
+
+
+class StudyConfigError(ValueError):
+    pass
+
+
+def merge(base: dict, over: dict) -> dict:
+    """JSON merge patch: objects merge recursively, ``None`` removes a key, anything else replaces."""
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_study_config(path: str | Path) -> dict[str, Any]:
+    cfg = json.loads(Path(path).read_text())
+    check_study_config(cfg)
+    return cfg
+
+
+def arm_train_config(cfg: dict[str, Any], arm: str, seed: int) -> dict[str, Any]:
+    """The full ``train`` dict of one branch (shared train + the arm's overrides + the seed)."""
+    spec = cfg["arms"][arm] or {}
+    train = merge(cfg.get("train", {}), spec.get("train", {}))
+    train["seed"] = int(seed)
+    return train
+
+
+def branches(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """One foreach branch per (arm, seed), arms in config order."""
+    out = []
+    for arm, spec in cfg["arms"].items():
+        for seed in cfg["seeds"]:
+            out.append({"arm": arm, "seed": int(seed), "hints": (spec or {}).get("hints"),
+                        "train": arm_train_config(cfg, arm, seed)})
+    return out
+
+
+def check_study_config(cfg: dict[str, Any]) -> None:
+    """Every problem at once: unknown keys, empty arms/seeds, bad hint kinds, and each branch's
+    training config through ``TrainConfig`` (so a typo such as ``lamda_ptd`` stops the run)."""
+    problems = []
+    unknown = sorted(set(cfg) - STUDY_KEYS)
+    if unknown:
+        problems.append(f"unknown top-level key(s) {unknown}; known: {sorted(STUDY_KEYS)}")
+    if not cfg.get("arms"):
+        problems.append("arms: at least one arm is needed")
+    if not cfg.get("seeds"):
+        problems.append("seeds: at least one seed is needed")
+    for arm, spec in (cfg.get("arms") or {}).items():
+        spec = spec or {}
+        extra = sorted(set(spec) - {"hints", "train", "description"})
+        if extra:
+            problems.append(f"arms.{arm}: unknown key(s) {extra}")
+        if spec.get("hints") not in HINT_KINDS:
+            problems.append(f"arms.{arm}.hints: {spec.get('hints')!r} is not one of {HINT_KINDS}")
+        try:
+            tc = train_config_from_dict(arm_train_config(cfg, arm, 0), where=f"arms.{arm}.train")
+        except Exception as e:  # noqa: BLE001 - collect them all
+            problems.append(str(e))
+            continue
+        if tc.ptd.enabled and tc.ptd.teacher_context == "hint" and (tc.ptd.lambda_ptd > 0 or getattr(tc.ptd, "mask_only", False)) \
+                and not spec.get("hints"):
+            problems.append(f"arms.{arm}: PTD with teacher_context 'hint' needs hints (set arms.{arm}.hints)")
+    if problems:
+        raise StudyConfigError("study config:\n- " + "\n- ".join(problems))
+
+
+def parse_study_config(text: str) -> dict[str, Any]:
+    """The ``parser`` of the study flow's ``Config``: JSON, checked (every problem at once)."""
+    cfg = json.loads(text)
+    check_study_config(cfg)
+    return cfg

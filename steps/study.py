@@ -1,0 +1,148 @@
+"""Step bodies of the learning-signal study (``flows/study_flow.py``), plain functions without Metaflow.
+
+    prepare_study   the dataset (train / held-out in-distribution / out-of-distribution) and the hints
+    build_base      the hint-sensitive base model (warm start) + its with/without-hint accuracy
+    train_branch    one (arm, seed): RL from the base model, per-step metrics and per-item group accuracy
+    evaluate_policy greedy accuracy, sampled avg@k, response length and format on ID and OOD items
+    summarize       the per-arm tables of the report
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from ptdpo.data.schema import Item, item_images
+from ptdpo.hints.schema import Hint, to_unstructured
+from ptdpo.study.base_model import DataSpec, WarmStartSpec, build_base_model, oracle_hints
+
+
+def set_threads() -> None:
+    """One torch thread per task (the study runs several branches side by side on a small machine)."""
+    import os
+
+    torch.set_num_threads(int(os.environ.get("PTDPO_NUM_THREADS", "1")))
+
+
+def data_spec(cfg: dict[str, Any]) -> DataSpec:
+    return DataSpec(**(cfg.get("data") or {}))
+
+
+def prepare_study(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Train items, their audited oracle hints (as dicts), and the ID / OOD evaluation items."""
+    ds = data_spec(cfg)
+    train = ds.generate(int(cfg.get("n_train", 64)), split="train")
+    n_eval = int(cfg.get("n_eval", 128))
+    hints = oracle_hints(train)
+    return {
+        "train_items": train,
+        "hints": {k: h.to_dict() for k, h in hints.items()},
+        "eval_items": {"id": ds.generate(n_eval, split="test"), "ood": ds.generate(n_eval, split="test", ood=True)},
+        "manifest": {"n_train": len(train), "n_hinted": len(hints), "n_eval": n_eval, "data": cfg.get("data")},
+    }
+
+
+def build_base(cfg: dict[str, Any], out_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+    """Warm-start the base model, save it (``save_policy``) under ``out_dir``, return (dir, report)."""
+    from ptdpo.models import save_policy
+    from ptdpo.study.diagnostics import teacher_signal
+
+    spec = WarmStartSpec(**(cfg.get("base") or {}))
+    ds = data_spec(cfg)
+    model, processor, report = build_base_model(spec, ds)
+    held = ds.generate(spec.eval_items, split="val")  # the items of report["hint_ability"]
+    report["teacher_signal"] = teacher_signal(model, processor, held, oracle_hints(held), reasoning=spec.reasoning)
+    path = save_policy(model, processor, Path(out_dir) / "base_model",
+                       metadata={"study": cfg.get("name"), "warm_start": report["spec"]})
+    return Path(path), report
+
+
+def hints_for(kind: str | None, hint_dicts: dict[str, dict]) -> dict[str, Hint]:
+    if not kind:
+        return {}
+    hints = {k: Hint.from_dict(v) for k, v in hint_dicts.items()}
+    return {k: to_unstructured(h) for k, h in hints.items()} if kind == "unstructured" else hints
+
+
+def train_branch(
+    branch: dict[str, Any], base_model_dir: str | Path, items: Sequence[Item], hint_dicts: dict[str, dict],
+    out_dir: str | Path, progress: bool = False,
+) -> dict[str, Any]:
+    """RL for one (arm, seed) from the base model. Returns the per-step metrics, the per-item group
+    accuracy table, the all-fail -> solvable statistics and the saved model's folder."""
+    from ptdpo.config import train_config_from_dict
+    from ptdpo.models import load_policy, save_policy
+    from ptdpo.study.tracking import GroupTracker, solvable_stats
+    from ptdpo.trainer import Trainer
+
+    set_threads()
+    cfg = train_config_from_dict(branch["train"])
+    torch.manual_seed(cfg.seed)
+    model, processor = load_policy(str(base_model_dir))
+    trainer = Trainer(cfg, model, processor, list(items), hints=hints_for(branch.get("hints"), hint_dicts))
+    tracker = GroupTracker()
+    t0 = time.perf_counter()
+    while trainer.step < cfg.max_steps:
+        res = trainer.train_step()
+        tracker.update(res.step, res.rollouts)
+        if progress:
+            m = res.metrics
+            print(f"[{branch['arm']}/{branch['seed']}] step {res.step}: acc {m['accuracy']:.3f} "
+                  f"ptd {m.get('ptd_loss', 0):.4f} len {m['response_length']:.1f}", flush=True)
+    metrics = pd.DataFrame(trainer.metrics)
+    metrics.insert(0, "arm", branch["arm"])
+    metrics.insert(1, "seed", branch["seed"])
+    groups = tracker.table()
+    model_dir = save_policy(trainer.policy, processor, Path(out_dir) / "model",
+                            metadata={"arm": branch["arm"], "seed": branch["seed"], "step": trainer.step})
+    return {"metrics": metrics, "groups": groups, "solvable": solvable_stats(groups),
+            "model_dir": Path(model_dir), "time_s": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def evaluate_policy(model, processor, items: Sequence[Item], k: int = 4, temperature: float = 1.0,
+                    max_new_tokens: int = 16, seed: int = 0, batch_size: int = 32) -> dict[str, float]:
+    """Greedy accuracy, sampled avg@k and pass@k (temperature ``temperature``), mean response length
+    (tokens, sampled) and format rate (sampled) on ``items``, answer-free prompts."""
+    from ptdpo.models.multimodal import encode_prompts, generate_completions
+    from ptdpo.prompts import build_messages
+    from ptdpo.rewards import score_batch
+    from ptdpo.study.base_model import greedy_correct
+
+    set_threads()
+    greedy = greedy_correct(model, processor, items, None, max_new_tokens, batch_size)
+    acc, fmt, lens, passk = [], [], [], []
+    per = max(1, batch_size // k)
+    for i in range(0, len(items), per):
+        chunk = list(items[i : i + per])
+        rep = [it for it in chunk for _ in range(k)]
+        batch = encode_prompts(processor, [build_messages(it) for it in rep], [item_images(it) for it in rep])
+        comp = generate_completions(model, processor, batch, max_new_tokens, temperature=temperature,
+                                    do_sample=True, seed=seed + i)
+        res = score_batch(comp.texts, rep, max_workers=1)
+        acc += [r.accuracy for r in res]
+        fmt += [r.format for r in res]
+        lens += [float(n) for n in comp.lengths]
+        passk += [float(any(r.accuracy for r in res[j : j + k])) for j in range(0, len(res), k)]
+    mean = lambda xs: float(sum(xs) / max(len(xs), 1))  # noqa: E731
+    return {"greedy_accuracy": mean(greedy), f"avg@{k}": mean(acc), f"pass@{k}": mean(passk),
+            "response_length": mean(lens), "format": mean(fmt), "n": len(items)}
+
+
+def evaluate_model(model_dir: str | Path, eval_items: dict[str, Sequence[Item]], eval_cfg: dict[str, Any] | None = None,
+                   labels: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Long rows (labels..., split, metric, value) for every evaluation split."""
+    from ptdpo.models import load_policy
+
+    model, processor = load_policy(str(model_dir))
+    eval_cfg = dict(eval_cfg or {})
+    rows = []
+    for split, items in eval_items.items():
+        for metric, value in evaluate_policy(model, processor, items, **eval_cfg).items():
+            rows.append({**(labels or {}), "split": split, "metric": metric, "value": float(value)})
+    return rows
