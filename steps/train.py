@@ -116,7 +116,8 @@ def run_training(
         while trainer.step < target:
             trainer.train_step()
             if trainer.step == fail_after_step:
-                trainer.save()
+                if not (cfg.checkpoint_every and trainer.step % cfg.checkpoint_every == 0):
+                    trainer.save()  # unless train_step just saved this step
                 raise InjectedFailure(f"injected failure after step {trainer.step}")
     trainer.fit(target, progress=progress)
     model_dir = out_dir / "model"

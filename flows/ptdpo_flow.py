@@ -1,0 +1,299 @@
+"""PTD-PO as a Metaflow flow: data -> hints -> audit -> train -> evaluate -> report.
+
+    python flows/ptdpo_flow.py run                                     # tiny config, local CPU, minutes
+    python flows/ptdpo_flow.py --config config configs/qwen3vl-2b.json --with kubernetes run
+    python flows/ptdpo_flow.py --config config configs/qwen3vl-2b.json argo-workflows create
+    python flows/ptdpo_flow.py resume                                  # continue a failed run
+
+The flow is wiring only: each step reads artifacts, makes one call into ``steps/`` and stores the results.
+Requirements (CPU, memory, GPUs, disk, shared memory), retries and timeouts come from the config; so do
+the Kubernetes pod settings, applied only when a step runs on Kubernetes (see ``flows/_common.py``).
+
+Artifacts a script may rely on: ``config`` (the resolved config), ``data_manifest``, ``hints`` (table)
+with ``hints_hash``, ``audit_report`` (with ``audit_verdicts``), ``train_metrics`` (one row per step),
+``policy`` (the ``@model`` reference of the trained weights), ``eval_results`` (benchmark, model, metric,
+value, n), ``eval_comparison``, ``summary``; also ``versions``, ``train_config``, ``resumed_from_step``
+and ``final_step``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # flows/_common.py when imported by a Runner
+
+from _common import (  # noqa: E402
+    DEFAULT_CONFIG,
+    audit_run_config,
+    ensure_import_path,
+    hint_cache_dir,
+    hint_generator_config,
+    hints_table,
+    parse_config,
+    ptd_needs_hints,
+    ptdpo_platform,
+    step_resources,
+    step_retry,
+    step_timeout,
+)
+from metaflow import (  # noqa: E402
+    Config,
+    FlowSpec,
+    Parameter,
+    card,
+    checkpoint,
+    config_expr,
+    current,
+    model,
+    package_sources,
+    project,
+    resources,
+    retry,
+    step,
+    timeout,
+)
+
+ensure_import_path()
+
+
+@ptdpo_platform
+@project(name=config_expr("config.project"))
+@package_sources(["../ptdpo", "../steps"], suffixes=[".py", ".txt", ".json"])
+class PTDPOFlow(FlowSpec):
+    """RL post-training of a vision-language model with Privileged Tutoring Distillation (PTD-PO)."""
+
+    config = Config("config", default=str(DEFAULT_CONFIG), parser=parse_config,
+                    help="Config file (JSON); see configs/. Default: configs/tiny.json.")
+    fail_after_step = Parameter(
+        "fail_after_step", default=-1, type=int,
+        help="TESTING ONLY: make train raise after this step (once its checkpoint is saved) to exercise "
+             "@retry and resume. -1 disables it.",
+    )
+
+    # ------------------------------------------------------------------------------------- start
+    @step
+    def start(self):
+        """Check the config, fix the seed, record versions."""
+        from _common import check_config
+
+        from ptdpo.config import train_config_from_dict
+
+        cfg = self.config.to_dict()
+        check_config(cfg)
+        self.train_config = train_config_from_dict(cfg["train"]).to_dict()
+        self.versions = _versions()
+        self.seed = int(cfg.get("seed", 0))
+        n = int((cfg.get("hints") or {}).get("shards", 1))
+        self.hint_shards = list(range(n))
+        print(f"config {cfg['name']!r}: policy {cfg['train']['policy']}, {n} hint shard(s)")
+        self.next(self.prepare_data)
+
+    @resources(**step_resources("prepare_data"))
+    @step
+    def prepare_data(self):
+        """Load the training set, resolve the benchmarks, write the manifest."""
+        from steps.data import eval_branches, prepare_data
+
+        cfg = self.config.to_dict()
+        prepared = prepare_data(cfg["data"], cfg.get("eval"), seed=self.seed)
+        self.train_items = prepared.train_items
+        self.benchmarks = prepared.benchmarks
+        self.data_manifest = prepared.manifest
+        self.eval_branches = eval_branches(prepared.benchmarks, list(cfg["eval"].get("models", ["base", "trained"])))
+        print(f"train: {self.data_manifest['train']['count']} items, hash {self.data_manifest['train']['content_hash'][:12]}")
+        self.next(self.generate_hints, foreach="hint_shards")
+
+    # ------------------------------------------------------------------------------------- hints
+    @retry(**step_retry("generate_hints"))
+    @timeout(**step_timeout("generate_hints"))
+    @resources(**step_resources("generate_hints"))
+    @step
+    def generate_hints(self):
+        """One hint per item of this shard, audited with feedback, cached per shard (a retry or a resume
+        reuses the finished items)."""
+        from steps.hints import generate_hints_shard, shard_items
+
+        cfg = self.config.to_dict()
+        self.shard = self.input
+        items = shard_items(self.train_items, len(self.hint_shards))[self.shard]
+        if ptd_needs_hints(cfg["train"]):
+            self.shard_hints, failures = generate_hints_shard(
+                items, hint_generator_config(cfg), hint_cache_dir(cfg, current), shard_index=self.shard
+            )
+            print(f"shard {self.shard}: {len(self.shard_hints)} items, {len(failures)} not usable")
+        else:
+            self.shard_hints = []
+            print("train.ptd does not use hints (baseline): no hints generated")
+        self.next(self.join_hints)
+
+    @step
+    def join_hints(self, inputs):
+        """One hints table for the whole training set (``hints``) and its hash (``hints_hash``)."""
+        from steps.hints import join_hint_shards
+
+        self.hints, self.hints_hash = hints_table(join_hint_shards([inp.shard_hints for inp in inputs]))
+        self.merge_artifacts(inputs, exclude=["shard", "shard_hints"])
+        print(f"hints: {len(self.hints)} rows, hash {self.hints_hash[:12]}")
+        self.next(self.audit)
+
+    @card(type="blank", id="audit")
+    @timeout(**step_timeout("audit"))
+    @resources(**step_resources("audit"))
+    @step
+    def audit(self):
+        """Zero-spoiler audit: pass/reject with reasons; fails the run below the pass-rate floor."""
+        from _cards import audit_components
+
+        from steps.audit import run_audit
+
+        cfg = self.config.to_dict()
+        if ptd_needs_hints(cfg["train"]):
+            try:
+                self.audit_verdicts, self.audit_report = run_audit(
+                    self.train_items, self.hints.to_dict("records"), audit_run_config(cfg)
+                )
+            except Exception as e:
+                self.audit_report = getattr(e, "report", {"error": str(e)})  # kept with the failed task
+                raise
+            print(self.audit_report.get("summary", ""))
+        else:
+            self.audit_verdicts, self.audit_report = None, {"skipped": "train.ptd does not use hints"}
+        for c in audit_components(self.audit_report, self.audit_verdicts, self.hints):
+            current.card["audit"].append(c)
+        self.next(self.train)
+
+    # ------------------------------------------------------------------------------------- train
+    @card(type="blank", id="training")
+    @model
+    @checkpoint(load_policy="fresh")
+    @retry(**step_retry("train"))
+    @timeout(**step_timeout("train"))
+    @resources(**step_resources("train"))
+    @step
+    def train(self):
+        """RL with PTD from the last checkpoint, if any: this task's previous attempt (``@retry``), or the
+        origin run's last checkpoint (``resume``). Every checkpoint is saved through ``@checkpoint``; the
+        final weights through ``@model`` (``self.policy``)."""
+        from _cards import training_components
+        from _checkpoints import restore_for_training, train_with_checkpoints
+
+        cfg = self.config.to_dict()
+        resume_from, source = restore_for_training(current, self.__class__.__name__)
+        out = train_with_checkpoints(
+            current, cfg, self.train_items, self.hints, self.audit_verdicts, resume_from,
+            fail_after_step=self.fail_after_step if self.fail_after_step >= 0 else None,
+        )
+        self.train_metrics = out.metrics
+        self.resumed_from_step = int(out.resumed_from_step)
+        self.resumed_from = source
+        self.final_step = int(out.final_step)
+        self.policy = current.model.save(
+            str(out.model_dir), label="policy",
+            metadata={"policy": cfg["train"]["policy"], "step": self.final_step, "config": cfg["name"]},
+        )
+        info = {"config": cfg["name"], "policy": cfg["train"]["policy"], "final step": self.final_step,
+                "resumed from step": self.resumed_from_step, "resumed from": source or "scratch"}
+        for c in training_components(self.train_metrics, info=info):
+            current.card["training"].append(c)
+        self.next(self.evaluate, foreach="eval_branches")
+
+    # ---------------------------------------------------------------------------------- evaluate
+    @model
+    @retry(**step_retry("evaluate"))
+    @timeout(**step_timeout("evaluate"))
+    @resources(**step_resources("evaluate"))
+    @step
+    def evaluate(self):
+        """One (benchmark, model) pair: the base policy or the trained weights (loaded from ``@model``)."""
+        from steps.evaluate import evaluate_benchmark
+
+        cfg = self.config.to_dict()
+        self.branch = {"benchmark": self.input["benchmark"]["name"], "model": self.input["model"]}
+        model_ref = cfg["train"]["policy"] if self.input["model"] == "base" else current.model.load(self.policy)
+        self.predictions, self.branch_results, self.branch_error = evaluate_benchmark(
+            model_ref, self.input["benchmark"], (cfg.get("eval") or {}).get("generation"),
+            model_name=self.input["model"],
+        )
+        if self.branch_error:
+            print(f"evaluation of {self.branch} failed: {self.branch_error}", file=sys.stderr)
+        self.next(self.join_eval)
+
+    @step
+    def join_eval(self, inputs):
+        """The long results table of every branch."""
+        from steps.evaluate import join_results
+
+        self.eval_results = join_results([inp.branch_results for inp in inputs])
+        self.eval_errors = {f"{i.branch['benchmark']}/{i.branch['model']}": i.branch_error
+                            for i in inputs if i.branch_error}
+        self.merge_artifacts(inputs, exclude=["branch", "predictions", "branch_results", "branch_error"])
+        self.next(self.report)
+
+    # ------------------------------------------------------------------------------------ report
+    @card(type="blank", id="report")
+    @resources(**step_resources("report"))
+    @step
+    def report(self):
+        """Results against the base model (and baseline runs named in ``config.report.baselines``)."""
+        from _cards import results_components
+
+        from steps.report import build_summary, comparison_table
+
+        cfg = self.config.to_dict()
+        baselines = _baseline_results((cfg.get("report") or {}).get("baselines") or {})
+        self.eval_comparison = comparison_table(self.eval_results, baselines)
+        self.summary = build_summary(
+            cfg, self.data_manifest, self.audit_report, self.train_metrics, self.eval_results,
+            self.eval_comparison,
+            train_info={"final_step": self.final_step, "resumed_from_step": self.resumed_from_step},
+        )
+        for c in results_components(self.summary, self.eval_comparison, self.eval_results, self.train_metrics):
+            current.card["report"].append(c)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        """Done: print where to look."""
+        print(f"run {current.pathspec}: summary {self.summary.get('results', {}).get('overall (mean accuracy)')}")
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _versions() -> dict[str, str]:
+    import platform
+    import subprocess
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for dist in ("ptdpo", "metaflow", "metaflow-checkpoint", "torch", "transformers", "vllm"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    root = Path(__file__).resolve().parents[1]
+    if (root / ".git").exists():
+        try:
+            sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                 text=True, timeout=10).stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            out["git"] = sha + ("-dirty" if dirty else "")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return out
+
+
+def _baseline_results(refs: dict) -> dict:
+    """``{"grpo": "PTDPOFlow/123"}`` -> ``{"grpo": eval_results of that run}``."""
+    from metaflow import Run, namespace
+
+    out = {}
+    if refs:
+        namespace(None)
+    for label, pathspec in refs.items():
+        out[label] = Run(pathspec).data.eval_results
+    return out
+
+
+if __name__ == "__main__":
+    PTDPOFlow()

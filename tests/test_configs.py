@@ -1,0 +1,201 @@
+"""The flow's config files: every file parses and validates, the recipes carry the paper's values
+(METHOD.md 5), baselines differ from their parent only where they should, and bad configs are rejected
+with a message that names the problem."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "flows"))
+
+from _common import (  # noqa: E402
+    FlowConfigError,
+    audit_run_config,
+    check_config,
+    hint_generator_config,
+    kubernetes_attributes,
+    load_config_dict,
+    load_config_file,
+    parse_config,
+)
+
+# The configs of flows/ptdpo_flow.py (configs/study*.json belong to flows/study_flow.py, another schema).
+CONFIGS = sorted(
+    p.relative_to(ROOT / "configs").as_posix()
+    for pattern in ("tiny.json", "qwen3vl-*.json", "baselines/*.json")
+    for p in (ROOT / "configs").glob(pattern)
+)
+RECIPES = {"qwen3vl-2b.json": ("2B", 0.05), "qwen3vl-4b.json": ("4B", 0.5), "qwen3vl-8b.json": ("8B", 0.05)}
+
+
+def cfg_of(name: str) -> dict:
+    return load_config_file(ROOT / "configs" / name)
+
+
+def test_expected_config_files_exist():
+    for name in ["tiny.json", *RECIPES, "baselines/tiny-grpo.json", "baselines/tiny-answer-distill.json",
+                 "baselines/qwen3vl-2b-grpo.json", "baselines/qwen3vl-2b-answer-distill.json"]:
+        assert name in CONFIGS, name
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_validates(name):
+    from ptdpo.config import train_config_from_dict
+
+    cfg = cfg_of(name)
+    check_config(cfg)
+    train = train_config_from_dict(copy.deepcopy(cfg["train"]))
+    assert train.policy == cfg["train"]["policy"]
+    # every step with configurable resources has them, and the hint generator's kwargs bind
+    for step in ("prepare_data", "generate_hints", "audit", "train", "evaluate", "report"):
+        assert {"cpu", "memory"} <= set(cfg["resources"][step]), step
+    if "hints" in cfg:
+        gen = hint_generator_config(cfg)
+        assert gen["name"] in ("oracle", "openai", "vllm")
+        assert "floor" not in gen["audit"] and "max_attempts" not in gen["audit"]
+        assert "max_attempts" not in audit_run_config(cfg)
+
+
+def test_tiny_is_small_and_local():
+    cfg = cfg_of("tiny.json")
+    assert cfg["train"]["policy"] == "tiny:0.5m"
+    assert cfg["data"]["train"]["format"] == "synthetic"
+    assert cfg["hints"]["generator"]["name"] == "oracle"
+    assert cfg["train"]["max_steps"] <= 10 and cfg["train"]["checkpoint_every"] >= 1
+    assert cfg["train"]["max_steps"] > cfg["train"]["checkpoint_every"]  # a checkpoint before the end
+    names = [b["name"] if isinstance(b, dict) else b for b in cfg["eval"]["benchmarks"]]
+    assert names == ["synthetic_id", "synthetic_ood"]
+    assert cfg["eval"]["models"] == ["base", "trained"]
+    assert all(not r.get("gpu") for r in cfg["resources"].values())
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_recipes_follow_the_paper(name):
+    """METHOD.md 5: Qwen3-VL-{2B,4B,8B}-Thinking, ViRL39K, 384 prompts/step, G=8, mini-batch 128, lr 1e-6
+    constant, AdamW wd 0.01, clip 1.0, response 4096, pixels 256*28^2..1280*28^2, bf16, FSDP, lambda 0.05
+    (2B/8B) or 0.5 (4B), K=100, tau=1, KL 0.01, temperature 1.0, top_p 0.99, vLLM rollouts, 2 epochs."""
+    from ptdpo.config import train_config_from_dict
+
+    size, lam = RECIPES[name]
+    cfg = cfg_of(name)
+    t = train_config_from_dict(copy.deepcopy(cfg["train"]))
+    assert t.policy == f"Qwen/Qwen3-VL-{size}-Thinking"
+    assert cfg["data"]["train"]["path"] == "TIGER-Lab/ViRL39K"
+    assert (t.algorithm, t.group_size, t.prompts_per_step, t.mini_batch_prompts) == ("grpo", 8, 384, 128)
+    assert (t.lr, t.lr_schedule, t.weight_decay, t.grad_clip) == (1e-6, "constant", 0.01, 1.0)
+    assert t.max_response_length == 4096
+    assert (t.min_pixels, t.max_pixels) == (256 * 28 * 28, 1280 * 28 * 28)
+    assert (t.precision, t.sharding, t.rollout_backend) == ("bf16", "fsdp", "vllm")
+    assert (t.ptd.enabled, t.ptd.lambda_ptd, t.ptd.k, t.ptd.tau_ptd, t.ptd.teacher_context) == (True, lam, 100, 1.0, "hint")
+    assert (t.kl_coef, t.temperature, t.top_p, t.epochs) == (0.01, 1.0, 0.99, 2)
+    assert not t.freeze_vision
+    gen = cfg["eval"]["generation"]
+    assert (gen["max_new_tokens"], gen["temperature"], gen["k"]) == (4096, 1.0, 8)  # avg@8
+    assert cfg["hints"]["generator"]["name"] in ("openai", "vllm")
+    mount = next(iter(cfg["kubernetes"]["persistent_volume_claims"].values()))
+    assert cfg["hints"]["cache_dir"].startswith(mount + "/")  # shard caches survive pod retries
+    # hardware: GPUs for training and evaluation, an image, GPU nodes, shared memory, the cache PVC
+    assert cfg["resources"]["train"]["gpu"] >= 8 and cfg["resources"]["evaluate"]["gpu"] >= 1
+    attrs, env = kubernetes_attributes(cfg, "train")
+    assert attrs["image"] and attrs["node_selector"] and attrs["tolerations"]
+    assert attrs["persistent_volume_claims"] == {"ptdpo-model-cache": "/cache"}
+    assert env["HF_HOME"].startswith("/cache")
+    assert cfg["schedule"]["cron"]
+
+
+def test_baselines_change_only_the_objective():
+    base = cfg_of("qwen3vl-2b.json")
+    grpo = cfg_of("baselines/qwen3vl-2b-grpo.json")
+    ans = cfg_of("baselines/qwen3vl-2b-answer-distill.json")
+    assert grpo["train"]["ptd"]["enabled"] is False and grpo["train"]["ptd"]["lambda_ptd"] == 0
+    assert ans["train"]["ptd"]["teacher_context"] == "answer"
+    for variant in (grpo, ans):
+        for key in ("data", "eval", "resources", "kubernetes"):
+            assert variant[key] == base[key]
+        rest = {k: v for k, v in variant["train"].items() if k != "ptd"}
+        assert rest == {k: v for k, v in base["train"].items() if k != "ptd"}
+    tiny_grpo = cfg_of("baselines/tiny-grpo.json")
+    assert tiny_grpo["train"]["ptd"]["enabled"] is False
+    assert cfg_of("baselines/tiny-answer-distill.json")["train"]["ptd"]["teacher_context"] == "answer"
+
+
+def test_4b_hints_come_from_vllm_without_the_parents_endpoint_keys():
+    gen = cfg_of("qwen3vl-4b.json")["hints"]["generator"]
+    assert gen["name"] == "vllm" and "base_url" not in gen and "api_key_env" not in gen  # null removed them
+    assert cfg_of("qwen3vl-4b.json")["resources"]["generate_hints"]["gpu"] == 4
+
+
+def test_kubernetes_step_settings_overlay_the_defaults():
+    cfg = cfg_of("qwen3vl-2b.json")
+    cpu_attrs, _ = kubernetes_attributes(cfg, "audit")
+    gpu_attrs, _ = kubernetes_attributes(cfg, "train")
+    assert cpu_attrs["node_selector"] == {"ptdpo.io/pool": "cpu"} and "tolerations" not in cpu_attrs
+    assert gpu_attrs["node_selector"]["ptdpo.io/pool"] == "gpu-h100"
+    assert gpu_attrs["image"] == cpu_attrs["image"]
+    hints_attrs, _ = kubernetes_attributes(cfg, "generate_hints")
+    assert "ptdpo-hint-api" in hints_attrs["secrets"]
+
+
+# ------------------------------------------------------------------------------------- rejections
+def _broken(mutate) -> dict:
+    cfg = copy.deepcopy(cfg_of("tiny.json"))
+    mutate(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: c.update(trian={}), "unknown top-level key"),
+    (lambda c: c["train"].update(lamda_ptd=0.1), "lamda_ptd"),
+    (lambda c: c["train"]["ptd"].update(lambda_ptd=-1), "lambda_ptd"),
+    (lambda c: c["resources"].pop("train"), "resources.train"),
+    (lambda c: c["resources"]["evaluate"].update(gpus=1), "unknown key 'gpus'"),
+    (lambda c: c["kubernetes"].update(node_selectr={"a": "b"}), "node_selectr"),
+    (lambda c: c.update(schedule={"cron": "daily"}), "schedule.cron"),
+    (lambda c: c["retry"].update(audit={"times": 1}), "retry.audit"),
+    (lambda c: c["eval"].update(benchmarks=["no_such_benchmark"]), "no_such_benchmark"),
+    (lambda c: c["eval"].update(models=["base", "finetuned"]), "eval.models"),
+    (lambda c: c["data"]["train"].update(fromat="jsonl"), "fromat"),
+    (lambda c: c["hints"]["generator"].update(name="gpt"), "hints.generator.name"),
+    (lambda c: c["hints"]["generator"].update(temprature=0.1), "temprature"),
+    (lambda c: c.update(project="My Project"), "project"),
+])
+def test_bad_configs_are_rejected_with_the_problem_named(mutate, message):
+    with pytest.raises(FlowConfigError, match=message):
+        check_config(_broken(mutate))
+
+
+def test_all_problems_are_reported_at_once():
+    def two(c):
+        c["train"]["lamda_ptd"] = 1
+        c["resources"].pop("audit")
+
+    with pytest.raises(FlowConfigError, match="2 problem") as err:
+        check_config(_broken(two))
+    assert "lamda_ptd" in str(err.value) and "resources.audit" in str(err.value)
+
+
+def test_extends_merges_as_a_json_merge_patch(tmp_path):
+    child = {"extends": "tiny.json", "name": "child", "train": {"max_steps": 2, "ptd": {"k": 8}},
+             "kubernetes": {"env": None}}
+    cfg = parse_config(json.dumps(child))
+    tiny = cfg_of("tiny.json")
+    assert cfg["name"] == "child" and cfg["train"]["max_steps"] == 2 and cfg["train"]["ptd"]["k"] == 8
+    assert cfg["train"]["ptd"]["lambda_ptd"] == tiny["train"]["ptd"]["lambda_ptd"]  # merged, not replaced
+    assert "env" not in cfg["kubernetes"] and cfg["kubernetes"]["image"] == tiny["kubernetes"]["image"]
+    assert cfg["extends_chain"] == ["tiny.json"]
+    # a path outside configs/ works too, and cycles are caught
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"extends": str(b)}))
+    b.write_text(json.dumps({"extends": str(a)}))
+    with pytest.raises(FlowConfigError, match="cycle"):
+        load_config_dict(a.read_text())
+    with pytest.raises(FlowConfigError, match="cannot find"):
+        load_config_dict(json.dumps({"extends": "nope.json"}))
+    with pytest.raises(FlowConfigError, match="not valid JSON"):
+        parse_config("{not json")

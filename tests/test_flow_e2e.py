@@ -1,0 +1,250 @@
+"""End-to-end runs of flows/ptdpo_flow.py through ``metaflow.Runner`` on the local datastore, each in a
+temporary folder (its own ``.metaflow``, METAFLOW_HOME and user), so nothing lands in the checkout.
+
+- the default tiny config runs the whole DAG; every named artifact is there and sensible; the cards
+  carry the plots (PNG images embedded as base64) and the tables;
+- a run made to fail inside ``train`` after a checkpoint, then resumed, continues training from that
+  checkpoint (not from step 0).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import sys
+import time
+import typing
+from pathlib import Path
+
+import pytest
+import torch  # noqa: F401
+
+# Metaflow's Runner checks argument types with its vendored typeguard, which imports Metaflow's vendored
+# typing_extensions, which replaces typing._collect_parameters for the whole process with a version
+# that does not know the real typing_extensions' TypeVar defaults (PEP 696). Any torch / transformers
+# module imported after that fails ("Type parameter ~_R without a default follows type parameter with
+# a default"). The flow's own task processes are not affected; in this test process the original is
+# put back after every Runner call, so later tests can still import torch modules.
+_COLLECT_PARAMETERS = getattr(typing, "_collect_parameters", None)
+
+
+def _restore_typing() -> None:
+    if _COLLECT_PARAMETERS is not None:
+        typing._collect_parameters = _COLLECT_PARAMETERS
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOW = ROOT / "flows" / "ptdpo_flow.py"
+TINY = ROOT / "configs" / "tiny.json"
+RESULT_COLUMNS = ["benchmark", "model", "metric", "value", "n"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def client_user(monkeypatch, tmp_path):
+    """Runs keep their local datastore in ``tmp_path/.metaflow`` (the flow runs with cwd=tmp_path; the
+    folder exists beforehand so no ``.metaflow`` in a parent folder is picked up). This process reads
+    it from the same folder (models and cards are found from the working directory), as a user, across
+    namespaces."""
+    from metaflow import namespace
+
+    (tmp_path / ".metaflow").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("USERNAME", "ptdpo-test")
+    namespace(None)
+    yield
+    _restore_typing()
+
+
+def flow_env(tmp_path: Path) -> dict[str, str]:
+    home = tmp_path / "mfhome"
+    home.mkdir(exist_ok=True)
+    return {
+        "USERNAME": "ptdpo-test",
+        "METAFLOW_USER": "ptdpo-test",
+        "METAFLOW_HOME": str(home),  # no user profile (e.g. one pointing at a metadata service)
+        "METAFLOW_DEFAULT_DATASTORE": "local",
+        "METAFLOW_DEFAULT_METADATA": "local",
+        "PTDPO_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PTDPO_HINT_CACHE": str(tmp_path / "hint-cache"),
+    }
+
+
+def runner(tmp_path: Path, config: Path | None):
+    """A Runner for the flow; ``config=None`` for ``resume`` (it reuses the origin run's config and
+    refuses ``--config``)."""
+    from metaflow import Runner
+
+    kwargs = {"config": [("config", str(config))]} if config is not None else {}
+    r = Runner(str(FLOW), show_output=False, env=flow_env(tmp_path), cwd=str(tmp_path), **kwargs)
+    _restore_typing()
+    return r
+
+
+def small_config(tmp_path: Path, **overrides) -> Path:
+    """tiny.json, smaller still: one hint shard, one benchmark of two items, the trained model only."""
+    cfg = {
+        "extends": str(TINY), "name": "tiny-test",
+        "hints": {"shards": 1},
+        "train": {"max_steps": 4, "checkpoint_every": 2},
+        "eval": {"benchmarks": [{"name": "synthetic_id", "limit": 2}], "models": ["trained"]},
+    }
+    for k, v in overrides.items():
+        cfg[k] = v if not isinstance(v, dict) else {**cfg.get(k, {}), **v}
+    path = tmp_path / "test-config.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def card_payloads(html: str) -> list[dict]:
+    """The card's component tree (Metaflow embeds it in the HTML as base64-encoded JSON)."""
+    out = []
+    for b64 in re.findall(r'window\.__MF_DATA__\["[^"]+"\]\s*=\s*"([A-Za-z0-9+/=]+)"', html):
+        out.append(json.loads(base64.b64decode(b64)))
+    return out
+
+
+def components(tree) -> list[dict]:
+    found = []
+    if isinstance(tree, dict):
+        if "type" in tree:
+            found.append(tree)
+        for v in tree.values():
+            found.extend(components(v))
+    elif isinstance(tree, list):
+        for v in tree:
+            found.extend(components(v))
+    return found
+
+
+def card_of(task, card_id: str) -> tuple[str, list[dict]]:
+    from metaflow.cards import get_cards
+
+    cards = [c for c in get_cards(task) if c.id == card_id]
+    assert cards, f"no card {card_id!r} on {task.pathspec}"
+    html = cards[0].get()
+    return html, components(card_payloads(html))
+
+
+def assert_card_has_plot_and_table(task, card_id: str, *words: str) -> None:
+    html, comps = card_of(task, card_id)
+    images = [c for c in comps if c.get("type") == "image"]
+    assert images and all(str(c.get("src", "")).startswith("data:image/png;base64,") for c in images), card_id
+    assert any(len(c["src"]) > 2000 for c in images), "the PNG is suspiciously small"
+    assert any(c.get("type") == "table" for c in comps), card_id
+    text = json.dumps(comps, ensure_ascii=False)
+    for w in words:
+        assert w in text, f"{w!r} not in card {card_id}"
+    assert "<html" in html.lower()
+
+
+def test_tiny_config_runs_the_whole_dag(tmp_path):
+    import pandas as pd
+
+    t0 = time.time()
+    with runner(tmp_path, TINY) as r:
+        result = r.run()
+        status, stderr = result.status, result.stderr  # the logs go with the Runner's context
+    _restore_typing()
+    print(f"\n[timing] tiny full DAG: {time.time() - t0:.0f}s", file=sys.stderr)
+    run = result.run
+    assert status == "successful", stderr[-4000:]
+    assert run.successful
+    steps = {s.id for s in run}
+    assert steps == {"start", "prepare_data", "generate_hints", "join_hints", "audit", "train", "evaluate",
+                     "join_eval", "report", "end"}
+    assert len(list(run["generate_hints"])) == 2 and len(list(run["evaluate"])) == 4  # 2 shards; 2 x 2
+    d = run.data
+
+    cfg = json.loads(TINY.read_text())
+    assert d.config["name"] == "tiny" and d.config["train"] == cfg["train"]
+    assert d.train_config["policy"] == "tiny:0.5m" and d.train_config["clip_low"] == 0.2  # resolved
+
+    man = d.data_manifest
+    assert man["train"]["count"] == cfg["data"]["train"]["n"] and re.fullmatch(r"[0-9a-f]{64}", man["train"]["content_hash"])
+    assert set(man["benchmarks"]) == {"synthetic_id", "synthetic_ood"}
+    assert all(b["count"] == 4 for b in man["benchmarks"].values())
+
+    hints = d.hints
+    assert isinstance(hints, pd.DataFrame) and len(hints) == man["train"]["count"]
+    assert hints["item_id"].is_unique and hints["usable"].all()
+    assert re.fullmatch(r"[0-9a-f]{64}", d.hints_hash)
+
+    rep = d.audit_report
+    assert rep["n_items"] == man["train"]["count"] and rep["pass_rate"] >= cfg["hints"]["audit"]["floor"]
+    assert len(d.audit_verdicts) == man["train"]["count"]
+
+    tm = d.train_metrics
+    assert list(tm["step"]) == list(range(1, cfg["train"]["max_steps"] + 1))
+    for col in ("reward", "accuracy", "ptd_loss", "student_entropy", "informative_groups", "response_length"):
+        assert col in tm and tm[col].map(math.isfinite).all(), col
+    assert d.final_step == cfg["train"]["max_steps"] and d.resumed_from_step == 0
+
+    assert d.policy["type"] == "model" and d.policy["key"]
+    ev = d.eval_results
+    assert list(ev.columns) == RESULT_COLUMNS
+    assert set(ev["benchmark"]) == {"synthetic_id", "synthetic_ood"} and set(ev["model"]) == {"base", "trained"}
+    acc = ev[ev["metric"] == "accuracy"]
+    assert len(acc) == 4 and acc["value"].between(0, 1).all() and (acc["n"] == 4).all()
+    assert "trained Δabs" in d.eval_comparison.columns
+    s = d.summary
+    assert s["name"] == "tiny" and s["training"]["final_step"] == cfg["train"]["max_steps"]
+    assert set(s["results"]) >= {"synthetic_id", "synthetic_ood", "overall (mean accuracy)"}
+    assert d.versions["metaflow"] == "2.19.39"
+
+    # every checkpoint went through @checkpoint; the trained weights through @model and load back
+    from metaflow import Checkpoint, load_model
+
+    train_task = run["train"].task
+    steps_saved = sorted(c["metadata"]["step"] for c in Checkpoint().list(task=train_task))
+    assert steps_saved == [2, 4]
+    from ptdpo.models import load_policy
+
+    load_model(d.policy, str(tmp_path / "policy"))
+    model, _ = load_policy(str(tmp_path / "policy"))
+    assert sum(p.numel() for p in model.parameters()) > 100_000
+
+    # cards: plots as PNG images, tables as tables
+    assert_card_has_plot_and_table(train_task, "training", "reward", "ptd_loss", "informative_groups", "student_entropy")
+    assert_card_has_plot_and_table(run["audit"].task, "audit", "pass_rate")
+    assert_card_has_plot_and_table(run["report"].task, "report", "synthetic_ood", "trained Δabs")
+
+
+def test_failed_train_resumes_from_its_checkpoint(tmp_path):
+    """Train fails after step 2 (its checkpoint saved) with no retries left; ``resume`` clones the steps
+    before train and continues training at step 3 from the origin run's checkpoint."""
+    config = small_config(tmp_path, retry={"train": {"times": 0}})
+    t0 = time.time()
+    with runner(tmp_path, config) as r:
+        failed = r.run(fail_after_step=2)
+    _restore_typing()
+    t1 = time.time()
+    assert failed.status == "failed"
+    origin = failed.run
+    assert not origin.successful
+    assert "injected failure after step 2" in str(origin["train"].task.exception)
+
+    with runner(tmp_path, None) as r:
+        resumed = r.resume(origin_run_id=origin.id)
+        status, stderr = resumed.status, resumed.stderr
+    _restore_typing()
+    t2 = time.time()
+    print(f"\n[timing] failing run: {t1 - t0:.0f}s, resume: {t2 - t1:.0f}s", file=sys.stderr)
+    assert status == "successful", stderr[-4000:]
+    run = resumed.run
+    assert run.id != origin.id and run.successful
+    # the steps before train were cloned, not re-run
+    assert run["audit"].task.metadata_dict.get("origin-run-id") == origin.id
+    d = run.data
+    assert d.config["name"] == "tiny-test"  # resume reuses the origin run's config
+    assert len(list(run["evaluate"])) == 1
+    assert d.resumed_from_step == 2, d.resumed_from
+    assert f"resume of run {origin.id}" in d.resumed_from
+    assert d.final_step == 4
+    steps = list(d.train_metrics["step"])
+    assert steps == [1, 2, 3, 4]  # steps 1-2 from the origin run's checkpoint, 3-4 trained here
+    assert list(d.eval_results.columns) == RESULT_COLUMNS

@@ -1,0 +1,122 @@
+"""Fast tests of the flow's parts without running Metaflow: the data step, the report step, the cards,
+and the checkpoint staging that connects the trainer's checkpoints to ``@checkpoint``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "flows"))
+
+
+def _comps_json(components) -> str:
+    return json.dumps([c.render() for c in components], default=str, ensure_ascii=False)
+
+
+def test_prepare_data_manifest_and_branches():
+    from steps.data import eval_branches, prepare_data
+
+    data = {"train": {"format": "synthetic", "n": 6, "seed": 3, "image_size": 64}}
+    ev = {"benchmarks": [{"name": "synthetic_id", "limit": 2}, {"name": "synthetic_ood", "limit": 3}]}
+    p = prepare_data(data, ev)
+    again = prepare_data(data, ev)
+    assert len(p.train_items) == 6 and p.manifest["train"]["count"] == 6
+    assert p.manifest["train"]["content_hash"] == again.manifest["train"]["content_hash"]  # deterministic
+    other = prepare_data({"train": {**data["train"], "seed": 4}}, ev)
+    assert other.manifest["train"]["content_hash"] != p.manifest["train"]["content_hash"]
+    assert [b["name"] for b in p.benchmarks] == ["synthetic_id", "synthetic_ood"]
+    assert p.manifest["benchmarks"]["synthetic_ood"]["count"] == 3
+    branches = eval_branches(p.benchmarks, ["base", "trained"])
+    assert [(b["benchmark"]["name"], b["model"]) for b in branches] == [
+        ("synthetic_id", "base"), ("synthetic_id", "trained"), ("synthetic_ood", "base"), ("synthetic_ood", "trained")]
+    with pytest.raises(ValueError, match="no items"):
+        prepare_data({"train": {"format": "synthetic", "n": 1, "limit": 0}}, ev)
+
+
+def _results() -> pd.DataFrame:
+    rows = []
+    for bench, base, trained in [("a", 0.5, 0.6), ("b", 0.2, 0.1)]:
+        for model, v in (("base", base), ("trained", trained)):
+            rows.append({"benchmark": bench, "model": model, "metric": "accuracy", "value": v, "n": 10})
+    return pd.DataFrame(rows)
+
+
+def test_report_comparison_and_summary_with_a_baseline_run():
+    from steps.report import build_summary, comparison_table
+
+    ev = _results()
+    grpo = ev.copy()
+    grpo.loc[grpo["model"] == "trained", "value"] = [0.55, 0.15]
+    table = comparison_table(ev, {"grpo": grpo})
+    assert list(table.columns[:4]) == ["benchmark", "base", "trained", "grpo"]
+    row = table[table["benchmark"] == "a"].iloc[0]
+    assert row["trained Δabs"] == pytest.approx(0.1) and row["grpo Δabs"] == pytest.approx(0.05)
+    metrics = pd.DataFrame({"step": [1, 2], "reward": [0.1, 0.3], "accuracy": [0.0, 0.5], "ptd_loss": [0.2, 0.1]})
+    s = build_summary({"name": "x", "train": {"policy": "tiny:0.5m"}}, {"train": {"count": 4, "content_hash": "h"}},
+                      {"pass_rate": 1.0}, metrics, ev, table, {"final_step": 2})
+    assert s["training"]["steps"] == 2 and s["training"]["reward_first"] == pytest.approx(0.1)
+    assert s["results"]["a"]["trained"] == pytest.approx(0.6)
+    json.dumps(s)  # JSON-able
+
+
+def test_cards_embed_png_plots_and_tables():
+    from _cards import audit_components, results_components, training_components
+
+    from steps.report import comparison_table
+
+    metrics = pd.DataFrame({"step": [1, 2, 3], "reward": [0.1, 0.2, 0.4], "accuracy": [0, 0.5, 0.5],
+                            "ptd_loss": [0.3, 0.2, 0.1], "student_entropy": [2.0, 1.9, 1.7],
+                            "informative_groups": [0.5, 0.5, 1.0], "response_length": [8, 9, 7]})
+    text = _comps_json(training_components(metrics, info={"final step": 3}))
+    assert text.count("data:image/png;base64,") == 1 and "informative_groups" in text
+    verdicts = pd.DataFrame([
+        {"item_id": "i1", "passed": True, "reasons": [], "severity": "ok", "details": [], "text": "look left"},
+        {"item_id": "i2", "passed": False, "reasons": ["answer_value"], "severity": "hard",
+         "details": ["answer_value (hard) in steps[0]: '7'"], "text": "the answer is 7"},
+    ])
+    report = {"pass_rate": 0.5, "n_items": 2, "reason_counts": {"answer_value": 1}, "summary": "1/2 pass"}
+    text = _comps_json(audit_components(report, verdicts))
+    assert text.count("data:image/png;base64,") == 2 and "the answer is 7" in text and "Rejected examples (1 of 2" in text
+    ev = _results()
+    text = _comps_json(results_components({"name": "x", "eval_errors": []}, comparison_table(ev), ev, metrics))
+    assert text.count("data:image/png;base64,") == 2 and "trained Δabs" in text
+
+
+class _FakeCheckpointer:
+    """Stands in for ``current.checkpoint``: copies what is saved, as the datastore would."""
+
+    def __init__(self, store: Path):
+        self.store, self.saved = store, []
+
+    def save(self, path, name, metadata, latest):
+        import shutil
+
+        dst = self.store / f"{len(self.saved)}"
+        shutil.copytree(path, dst)
+        self.saved.append((dst, name, metadata))
+
+
+def test_checkpoint_staging_gives_a_folder_run_training_can_resume_from(tmp_path):
+    import torch
+    from _checkpoints import checkpoint_saver
+
+    from ptdpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+    root = tmp_path / "ckpt"
+    fake = SimpleNamespace(checkpoint=_FakeCheckpointer(tmp_path / "store"))
+    on_checkpoint = checkpoint_saver(fake, tmp_path / "staging")
+    for step in (2, 4):
+        path = save_checkpoint(root, step, {"w": torch.full((2,), float(step))}, {"step": step}, keep=1)
+        on_checkpoint(path)
+    assert [(n, m["step"]) for _, n, m in fake.checkpoint.saved] == [("train", 2), ("train", 4)]
+    restored = fake.checkpoint.saved[-1][0]
+    assert sorted(p.name for p in restored.iterdir()) == ["latest", "step-00000004"]  # one step, own pointer
+    model_state, _, step = load_checkpoint(latest_checkpoint(restored))
+    assert step == 4 and model_state["w"].tolist() == [4.0, 4.0]
+    assert not list((tmp_path / "staging").iterdir())  # staging cleaned up
