@@ -35,6 +35,27 @@ from metaflow.user_decorators.mutable_step import MutableStep
 from metaflow.user_decorators.user_flow_decorator import FlowMutator
 from metaflow.user_decorators.user_step_decorator import StepMutator
 
+USER_VARIABLES = ("METAFLOW_USER", "SUDO_USER", "USERNAME", "USER")
+
+
+def ensure_username() -> None:
+    """Metaflow refuses to run without a user name in the environment, and refuses "root"; minimal
+    containers (a fresh image as root, CI runners) have nothing else. Fall back to the process's login
+    name, or to "ptdpo-root" for root, so the quick start works there too. METAFLOW_USER or USERNAME,
+    when set, win. Task subprocesses inherit the value."""
+    if any(os.environ.get(v) not in (None, "", "root") for v in USER_VARIABLES):
+        return
+    import getpass
+
+    try:
+        name = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry: leave Metaflow's own error message
+        return
+    os.environ["USERNAME"] = "ptdpo-root" if name == "root" else name
+
+
+ensure_username()
+
 FLOWS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = FLOWS_DIR.parent
 CONFIG_DIR = REPO_ROOT / "configs"
