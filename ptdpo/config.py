@@ -60,7 +60,7 @@ class TrainConfig:
     micro_batch_rollouts: int = 8  # rollouts per forward/backward (gradient accumulation)
     epochs_per_batch: int = 1
     max_steps: int = 10
-    epochs: float | None = None  # if set, max_steps = ceil(epochs * n_items / prompts_per_step)
+    epochs: float | None = None  # if set, it replaces max_steps: ceil(epochs * n_items / prompts_per_step)
     lr: float = 1e-6
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     warmup_steps: int = 0

@@ -28,7 +28,7 @@ import torch
 from ptdpo import distributed as dist_utils
 from ptdpo.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ptdpo.config import TrainConfig
-from ptdpo.data.schema import Item, item_images
+from ptdpo.data.schema import Item, ItemError, item_images
 from ptdpo.hints.render import teacher_messages
 from ptdpo.hints.schema import Hint
 from ptdpo.models.multimodal import completion_hidden_states, encode_prompts, render_prompts
@@ -136,6 +136,8 @@ class Trainer:
             betas=tuple(cfg.adam_betas),
             weight_decay=cfg.weight_decay,
         )
+        if total_steps is None and cfg.epochs:
+            total_steps = math.ceil(cfg.epochs * len(self.items) / cfg.prompts_per_step)
         self.total_steps = total_steps or cfg.max_steps
         self.scheduler = make_scheduler(self.optimizer, cfg, self.total_steps)
         self.sampler = EpochSampler(len(self.items), seed=cfg.seed)
@@ -158,7 +160,17 @@ class Trainer:
         return split_prompt_batch(batch, [len(x) for x in images], texts=texts, images=images)
 
     def _encode(self, items: list[Item]) -> list[EncodedPrompt]:
-        return self._encode_messages([build_messages(it) for it in items], items)
+        prompts = self._encode_messages([build_messages(it) for it in items], items)
+        for it, p in zip(items, prompts):
+            # A multimodal prompt cannot be cut safely (the cut could fall inside the image tokens).
+            if p.input_ids.numel() > self.cfg.max_prompt_length:
+                raise ItemError(
+                    it.id, "question",
+                    f"the prompt is {p.input_ids.numel()} tokens with its images, more than "
+                    f"train.max_prompt_length = {self.cfg.max_prompt_length}; raise the limit, lower "
+                    "train.max_pixels, or filter the item out",
+                )
+        return prompts
 
     def _teacher_prompts(self, items: list[Item]) -> list[EncodedPrompt]:
         ctx = self.cfg.ptd.teacher_context
@@ -208,7 +220,7 @@ class Trainer:
         else:
             results = score_batch(
                 texts, items, max_workers=cfg.reward_workers, timeout_s=cfg.reward_timeout_s,
-                think_prefilled=cfg.think_prefilled,
+                think_prefilled=cfg.think_prefilled or cfg.enable_thinking,
             )
             scores = [(res.accuracy, res.format) for res in results]
         for r, (accuracy, fmt) in zip(rollouts, scores):

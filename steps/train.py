@@ -111,7 +111,7 @@ def run_training(
     resumed_from = 0
     if trainer.resume_if_possible() or (resume_from and trainer.resume_if_possible(resume_from)):
         resumed_from = trainer.step
-    target = cfg.max_steps
+    target = trainer.total_steps
     if fail_after_step is not None:
         while trainer.step < target:
             trainer.train_step()

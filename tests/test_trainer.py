@@ -285,3 +285,15 @@ def test_kl_masking_with_and_without_distillation(tiny_policy, mask_only):
     assert not any(r.ref_kl for r in rollouts)  # every group fails: all would get PTD
     assert all(r.ptd for r in rollouts) != mask_only
     assert cfg.distills != mask_only
+
+
+def test_epochs_set_the_step_count_and_long_prompts_are_named(tiny_policy):
+    from ptdpo.data.schema import ItemError
+
+    model, processor = copy.deepcopy(tiny_policy[0]), tiny_policy[1]
+    items = _items(6)
+    trainer = Trainer(_cfg(epochs=2.0, ptd={"enabled": False}), model, processor, items, reward_fn=_zero_reward)
+    assert trainer.total_steps == 6  # 2 epochs x 6 items / 2 prompts per step
+    short = Trainer(_cfg(max_prompt_length=8, ptd={"enabled": False}), model, processor, items, reward_fn=_zero_reward)
+    with pytest.raises(ItemError, match="max_prompt_length"):
+        short.train_step()
