@@ -143,11 +143,6 @@ def _check(c: TrainConfig) -> None:
         raise ConfigError("train.ptd: need lambda_ptd >= 0, k >= 1 and 0 < beta < 1")
     if not 0 < c.ptd.tau_ptd <= 1:
         raise ConfigError("train.ptd.tau_ptd: must be in (0, 1]")
-    if c.sharding == "fsdp" and c.rollout_backend != "vllm":
-        raise ConfigError(
-            "train.sharding: FSDP needs train.rollout_backend 'vllm' (transformers generate on an FSDP-sharded "
-            "policy would need every rank to decode in lock-step)"
-        )
     if c.algorithm == "gspo" and c.loss_agg != "seq-mean-token-mean":
         raise ConfigError("train.loss_agg: GSPO is defined with sequence-level averaging")
 

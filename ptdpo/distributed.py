@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 _FSDP_MODELS: set[int] = set()
+_REPLICATED_PARAMS: dict[int, list[torch.nn.Parameter]] = {}
 
 
 @dataclass
@@ -100,9 +101,17 @@ def shard_model(model: torch.nn.Module, sharding: str) -> torch.nn.Module:
             if name.endswith(("layers", "blocks")) and isinstance(module, torch.nn.ModuleList):
                 for block in module:
                     fully_shard(block)
-        fully_shard(model)
+        # The LM head stays replicated: the chunked PTD loss and log-probs use its weight outside the
+        # model's forward, where FSDP would hand out a shard. Its gradient is averaged by hand.
+        head = set(model.get_output_embeddings().parameters())
+        fully_shard(model, ignored_params=head)
         _FSDP_MODELS.add(id(model))
+        _REPLICATED_PARAMS[id(model)] = list(head)
     return model
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    return id(model) in _FSDP_MODELS
 
 
 def loss_scale(model: torch.nn.Module | None = None) -> float:
@@ -112,7 +121,15 @@ def loss_scale(model: torch.nn.Module | None = None) -> float:
 
 
 def sum_gradients(model: torch.nn.Module) -> None:
-    if not is_distributed() or id(model) in _FSDP_MODELS:
+    """Replicas: sum every gradient across ranks. FSDP: only the parameters left out of sharding
+    (the LM head); their loss was scaled by the world size like the sharded ones', so average."""
+    if not is_distributed():
+        return
+    if id(model) in _FSDP_MODELS:
+        grads = [p.grad for p in _REPLICATED_PARAMS.get(id(model), []) if p.grad is not None]
+        for g in grads:
+            dist.all_reduce(g)
+            g.div_(dist.get_world_size())
         return
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if not grads:
@@ -124,6 +141,30 @@ def sum_gradients(model: torch.nn.Module) -> None:
         n = g.numel()
         g.copy_(flat[offset : offset + n].view_as(g))
         offset += n
+
+
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Global gradient norm clipping that also works when FSDP-sharded (DTensor) gradients and
+    replicated ones (the LM head) are mixed: shards add their squared norms across ranks, replicated
+    gradients count once."""
+    grads = [p.grad for p in params if p.grad is not None]
+    sharded = [g for g in grads if hasattr(g, "to_local")]
+    if not sharded:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    plain = [g for g in grads if not hasattr(g, "to_local")]
+    sq_sharded = sum((g.to_local().double().pow(2).sum() for g in sharded), torch.zeros((), dtype=torch.float64))
+    sq_sharded = sq_sharded.to(sharded[0].to_local().device)
+    if is_distributed():
+        dist.all_reduce(sq_sharded)
+    sq_plain = sum((g.double().pow(2).sum() for g in plain), torch.zeros((), dtype=torch.float64))
+    total = (sq_sharded.cpu() + sq_plain.cpu()).sqrt()
+    coef = float(max_norm) / (float(total) + 1e-6)
+    if coef < 1.0:
+        for g in sharded:
+            g.to_local().mul_(coef)
+        for g in plain:
+            g.mul_(coef)
+    return total.float()
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -234,9 +234,25 @@ class Trainer:
                     )[0]
                 )
 
+    @torch.no_grad()
+    def _init_sharded(self) -> None:
+        """FSDP2 initialises lazily on the first forward through the ROOT module; generation reaches
+        the vision tower directly, so run one tiny root forward per sharded model first."""
+        if getattr(self, "_sharded_ready", False):
+            return
+        self._sharded_ready = True
+        models = [m for m in (self.policy, self.reference) if m is not None and dist_utils.is_sharded(m)]
+        if not models:
+            return
+        prompt = self._encode([self.items[0]])[0]
+        probe = Rollout(0, 0, prompt, torch.tensor([self.pad_id]), False, "")
+        for model in models:
+            self._hidden(model, [probe])
+
     def collect(self) -> list[Rollout]:
         """Rollouts of one step on this rank, scored, with advantages and the PTD mask set."""
         cfg = self.cfg
+        self._init_sharded()
         world, rank = self.dist.world_size, self.dist.rank
         per_rank = max(1, cfg.prompts_per_step // world)
         rollouts: list[Rollout] = []
@@ -339,7 +355,7 @@ class Trainer:
         for chunk in chunks:
             h, ids, m = self._hidden(model, chunk)
             lp, _ = chunked_token_logprobs(h[m], weight, ids[m], temperature=self.cfg.temperature)
-            rows = torch.zeros(ids.shape, dtype=lp.dtype)
+            rows = torch.zeros(ids.shape, dtype=lp.dtype, device=lp.device)
             rows[m] = lp
             for r, row in zip(chunk, rows):
                 setattr(r, attr, row[: r.completion.numel()].clone())
@@ -482,7 +498,7 @@ class Trainer:
                 (loss * dist_utils.loss_scale()).backward()
         dist_utils.sum_gradients(self.policy)
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        grad_norm = dist_utils.clip_grad_norm(params, cfg.grad_clip)
         out = {k: v / max(stat_weight, 1) for k, v in acc.items() if not k.endswith("_sum")}
         ent_ok, ent_fail = (dist_utils.all_sum(acc.get(f"student_entropy_{k}_sum", 0.0)) for k in ("ok", "fail"))
         tok_ok, tok_fail = (dist_utils.all_sum(acc.get(f"student_tokens_{k}_sum", 0.0)) for k in ("ok", "fail"))

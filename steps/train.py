@@ -121,9 +121,9 @@ def run_training(
                 raise InjectedFailure(f"injected failure after step {trainer.step}")
     trainer.fit(target, progress=progress)
     model_dir = out_dir / "model"
+    final = dist_utils.full_state_dict(trainer.policy)  # a collective under FSDP: every rank calls it
     if trainer.dist.rank == 0:
-        final = dist_utils.full_state_dict(trainer.policy)
-        if id(trainer.policy) in dist_utils._FSDP_MODELS:
+        if dist_utils.is_sharded(trainer.policy):
             model_for_save, _ = load_policy(cfg.policy)
             model_for_save.load_state_dict(final)
         else:

@@ -236,8 +236,10 @@ def test_items_without_usable_hint_get_no_ptd(tiny_policy):
 
 
 @pytest.mark.slow
-def test_two_process_gloo_equals_one_process(tmp_path, tiny_policy):
-    """The same global batch on 2 CPU processes (gloo) and on 1 process gives the same training."""
+@pytest.mark.parametrize("sharding", ["none", "fsdp"])
+def test_two_process_gloo_equals_one_process(tmp_path, tiny_policy, sharding):
+    """The same global batch on 2 CPU processes (gloo; replicas or FSDP2) and on 1 process gives the
+    same training."""
     from ptdpo.models import load_policy
     from steps.train import launch_torchrun, run_training, write_job
 
@@ -247,7 +249,7 @@ def test_two_process_gloo_equals_one_process(tmp_path, tiny_policy):
                  max_response_length=10, lr=1e-2, weight_decay=0.0, kl_coef=0.01, seed=5, max_steps=2,
                  ptd={"k": 8, "lambda_ptd": 1.0})
     single = run_training(train, items, hints, tmp_path / "one", progress=False)
-    workdir = write_job(tmp_path / "two", train, items, hints, resume_from=None)
+    workdir = write_job(tmp_path / "two", {**train, "sharding": sharding}, items, hints, resume_from=None)
     import socket
 
     with socket.socket() as s:
