@@ -85,20 +85,6 @@ class FlowConfigError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------ parsing
-def _deep_merge(base: dict, over: dict) -> dict:
-    """JSON merge patch (RFC 7386): objects merge recursively, ``null`` removes a key, anything else
-    replaces."""
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if v is None:
-            out.pop(k, None)
-        elif isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 def _find_parent(ref: str) -> Path:
     p = Path(ref).expanduser()
     candidates = [p] if p.is_absolute() else [CONFIG_DIR / p, Path.cwd() / p]
@@ -124,7 +110,11 @@ def load_config_dict(text: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
     if key in _seen:
         raise FlowConfigError(f"extends: cycle through {parent_path}")
     parent = load_config_dict(parent_path.read_text(), _seen + (key,))
-    merged = _deep_merge(parent, cfg)
+    from ptdpo.config import (
+        merge_patch,  # here, not at the top: ensure_import_path() runs after this module loads
+    )
+
+    merged = merge_patch(parent, cfg)
     merged.setdefault("extends_chain", [])
     merged["extends_chain"] = [str(parent_ref)] + list(parent.get("extends_chain", []))
     return merged

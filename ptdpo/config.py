@@ -28,6 +28,22 @@ class ConfigError(ValueError):
     pass
 
 
+def merge_patch(base: dict[str, Any], over: dict[str, Any] | None) -> dict[str, Any]:
+    """JSON merge patch (RFC 7386) of config dicts: objects merge recursively, ``None`` removes a
+    key, anything else replaces. Neither input is modified."""
+    import copy
+
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_patch(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
 @dataclass
 class PTDConfig:
     enabled: bool = True

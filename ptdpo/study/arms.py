@@ -16,12 +16,11 @@ its ``hints`` says which hints the trainer gets: ``"structured"`` (the audited o
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
 
-from ptdpo.config import train_config_from_dict
+from ptdpo.config import merge_patch, train_config_from_dict
 
 HINT_KINDS = ("structured", "unstructured", None)
 STUDY_KEYS = {"name", "description", "data", "n_train", "n_eval", "base", "train", "arms", "seeds", "eval", "notes"}
@@ -31,17 +30,7 @@ class StudyConfigError(ValueError):
     pass
 
 
-def merge(base: dict, over: dict) -> dict:
-    """JSON merge patch: objects merge recursively, ``None`` removes a key, anything else replaces."""
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        if v is None:
-            out.pop(k, None)
-        elif isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
+merge = merge_patch
 
 
 def load_study_config(path: str | Path) -> dict[str, Any]:
