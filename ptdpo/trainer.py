@@ -31,7 +31,7 @@ from ptdpo.config import TrainConfig
 from ptdpo.data.schema import Item, ItemError, item_images
 from ptdpo.hints.render import teacher_messages
 from ptdpo.hints.schema import Hint
-from ptdpo.models.multimodal import completion_hidden_states, encode_prompts, render_prompts
+from ptdpo.models.multimodal import completion_hidden_states, encode_prompts
 from ptdpo.objectives import (
     chunked_token_logprobs,
     chunked_topk_jsd_loss,
@@ -156,8 +156,7 @@ class Trainer:
         images = [item_images(it) for it in items]
         think = self.cfg.enable_thinking
         batch = encode_prompts(self.processor, messages, images, enable_thinking=think)
-        texts = render_prompts(self.processor, messages, enable_thinking=think)
-        return split_prompt_batch(batch, [len(x) for x in images], texts=texts, images=images)
+        return split_prompt_batch(batch, batch["images_per_sample"], texts=batch["texts"], images=images)
 
     def _encode(self, items: list[Item]) -> list[EncodedPrompt]:
         prompts = self._encode_messages([build_messages(it) for it in items], items)

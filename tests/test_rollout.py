@@ -11,7 +11,7 @@ import torch
 
 from ptdpo.data.schema import item_images
 from ptdpo.data.synthetic import generate_synthetic
-from ptdpo.models.multimodal import completion_hidden_states, encode_prompts, render_prompts
+from ptdpo.models.multimodal import completion_hidden_states, encode_prompts
 from ptdpo.prompts import build_messages
 from ptdpo.rollout.base import SamplingConfig
 from ptdpo.rollout.records import collate_completions, collate_prompts, split_prompt_batch
@@ -22,8 +22,7 @@ def _encoded(processor, n=3, sizes=(64, 96, 128)):
     msgs = [build_messages(it) for it in items]
     imgs = [item_images(it) for it in items]
     batch = encode_prompts(processor, msgs, imgs)
-    texts = render_prompts(processor, msgs)
-    return batch, split_prompt_batch(batch, batch["images_per_sample"], texts=texts, images=imgs), imgs
+    return batch, split_prompt_batch(batch, batch["images_per_sample"], texts=batch["texts"], images=imgs), imgs
 
 
 def test_split_then_collate_restores_the_batch(tiny_processor):

@@ -147,6 +147,7 @@ def encode_prompts(
         "pixel_values": out.get("pixel_values") if flat else None,
         "image_grid_thw": out.get("image_grid_thw") if flat else None,
         "images_per_sample": [len(imgs) for imgs in images_list],
+        "texts": texts,  # the chat-template strings (vLLM takes these, with the images)
     }
     if batch["mm_token_type_ids"] is None:
         batch["mm_token_type_ids"] = make_mm_token_type_ids(batch["input_ids"], processor)
@@ -200,6 +201,8 @@ def select_prompts(batch: dict[str, Any], indices: Sequence[int] | torch.Tensor)
         if batch.get(k) is not None:
             out[k] = batch[k].index_select(0, index_t)
     out["images_per_sample"] = [per_sample[i] for i in idx]
+    if batch.get("texts") is not None:
+        out["texts"] = [batch["texts"][i] for i in idx]
     grid = batch.get("image_grid_thw")
     if grid is None or sum(out["images_per_sample"]) == 0:
         out["pixel_values"] = None
