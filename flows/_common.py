@@ -18,6 +18,12 @@ and ``config.kubernetes.steps.<step>`` (per step) and are applied by :class:`kub
 *only to steps that run on Kubernetes*: those given ``@kubernetes`` by ``--with kubernetes`` or by
 ``argo-workflows create``. A plain ``run`` stays local. Attributes given explicitly on the command line
 (``--with kubernetes:image=...``) win over the config.
+
+**Several training nodes.** ``resources.train.nodes`` (default 1) is the number of nodes ``train`` runs on;
+``gpu``, ``cpu``, ``memory`` and the rest are per node. Above 1 the flow takes its multi-node branch
+(``launch_nodes`` -> ``train_nodes``, a ``@parallel`` step -> ``join_nodes``); every setting of ``train``
+(``resources.train``, ``retry.train``, ``timeout.train``, ``kubernetes.steps.train``) applies to
+``train_nodes`` too (:data:`CONFIG_STEP_OF`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,10 +72,14 @@ DEFAULT_CONFIG = CONFIG_DIR / "tiny.json"
 RESOURCE_STEPS = ("prepare_data", "generate_hints", "audit", "train", "evaluate", "report")
 RETRY_STEPS = ("generate_hints", "train", "evaluate")
 TIMEOUT_STEPS = ("generate_hints", "audit", "train", "evaluate")
-RESOURCE_KEYS = ("cpu", "memory", "gpu", "disk", "shared_memory")
+RESOURCE_KEYS = ("cpu", "memory", "gpu", "disk", "shared_memory")  # the @resources attributes
+TRAIN_RESOURCE_KEYS = ("nodes",)  # resources.train only: not @resources attributes
+# Steps that take their settings from another step's config section: the multi-node training step is
+# configured as ``train``.
+CONFIG_STEP_OF = {"train_nodes": "train"}
 TOP_LEVEL_KEYS = {
     "name", "project", "description", "notes", "seed", "extends", "data", "hints", "train", "eval",
-    "resources", "retry", "timeout", "kubernetes", "schedule", "parallel", "report",
+    "resources", "retry", "timeout", "kubernetes", "schedule", "report",
 }
 # Keys of config.kubernetes that are not @kubernetes attributes.
 K8S_EXTRA_KEYS = {"steps", "env"}
@@ -146,7 +157,9 @@ def check_config(cfg: dict[str, Any]) -> None:
     unknown benchmarks, bad resources, Kubernetes attributes ``@kubernetes`` does not have."""
     problems: list[str] = []
     extra = {"extends_chain"}
-    unknown = sorted(set(cfg) - TOP_LEVEL_KEYS - extra)
+    if "parallel" in cfg:
+        problems.append("parallel: not a config section; the number of training nodes is resources.train.nodes")
+    unknown = sorted(set(cfg) - TOP_LEVEL_KEYS - extra - {"parallel"})
     if unknown:
         problems.append(f"unknown top-level key(s) {unknown}; known: {sorted(TOP_LEVEL_KEYS)}")
     for key in ("name", "project", "data", "train", "eval", "resources"):
@@ -238,9 +251,15 @@ def check_config(cfg: dict[str, Any]) -> None:
         for k in ("cpu", "memory"):
             if k not in r:
                 problems.append(f"resources.{step}.{k}: missing")
+        known = RESOURCE_KEYS + (TRAIN_RESOURCE_KEYS if step == "train" else ())
         for k, v in r.items():
-            if k not in RESOURCE_KEYS:
-                problems.append(f"resources.{step}: unknown key {k!r}; known: {list(RESOURCE_KEYS)}")
+            if k in TRAIN_RESOURCE_KEYS and step != "train":
+                problems.append(f"resources.{step}.{k}: only training runs on several nodes (resources.train.{k})")
+            elif k not in known:
+                problems.append(f"resources.{step}: unknown key {k!r}; known: {list(known)}")
+            elif k == "nodes":
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    problems.append(f"resources.train.nodes: the number of training nodes, an int >= 1, got {v!r}")
             elif v is not None and (not isinstance(v, int | float) or v < 0):
                 problems.append(f"resources.{step}.{k}: must be a non-negative number, got {v!r}")
     for step in set(res) - set(RESOURCE_STEPS):
@@ -276,9 +295,6 @@ def check_config(cfg: dict[str, Any]) -> None:
     cron = sched.get("cron")
     if cron is not None and (not isinstance(cron, str) or len(cron.split()) not in (5, 6)):
         problems.append(f"schedule.cron: a cron expression such as '0 2 * * 0', got {cron!r}")
-    par = cfg.get("parallel") or {}
-    if par and (not isinstance(par.get("nodes", 1), int) or par.get("nodes", 1) < 1):
-        problems.append("parallel.nodes: an int >= 1")
     if problems:
         name = cfg.get("name", "<unnamed>")
         raise FlowConfigError(f"config {name!r} has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
@@ -309,6 +325,11 @@ def _generator_problems(gen: dict[str, Any]) -> list[str]:
     except ImportError:
         return []
     return []
+
+
+def train_nodes(cfg: dict[str, Any]) -> int:
+    """``resources.train.nodes``: how many nodes train (1 when absent)."""
+    return int(((cfg.get("resources") or {}).get("train") or {}).get("nodes") or 1)
 
 
 # ------------------------------------------------------------------ decorator arguments from config
@@ -372,7 +393,7 @@ class kubernetes_from_config(StepMutator):
         from metaflow.plugins.kubernetes.kubernetes_decorator import KubernetesDecorator
 
         cfg = _flow_config(mutable_step.flow)
-        step = self.step_name
+        step = CONFIG_STEP_OF.get(self.step_name, self.step_name)
         attrs, env = kubernetes_attributes(cfg, step)
         _, _, _, current_kwargs = specs[0]
         # Attributes set on the command line (different from @kubernetes' defaults) win over the config.
@@ -463,6 +484,18 @@ def hints_table(rows: list[dict[str, Any]]):
 
 
 # --------------------------------------------------------------------------------- small helpers
+def run_workers_with_this_python() -> None:
+    """A local ``@parallel`` step starts its worker nodes as ``python <flow> step ...``, with whatever
+    ``python`` is first on PATH, not with the interpreter running the flow; with an unactivated virtual
+    environment (``.venv/bin/python flows/ptdpo_flow.py run``) that is another Python without Metaflow.
+    Put this interpreter's folder first on PATH (inherited by the worker processes) when it has a
+    ``python``. Harmless elsewhere: in a container that ``python`` is the same one."""
+    here = Path(sys.executable).parent
+    found = shutil.which("python")
+    if (here / "python").exists() and (found is None or Path(found).parent != here):
+        os.environ["PATH"] = str(here) + os.pathsep + os.environ.get("PATH", "")
+
+
 def ensure_import_path() -> None:
     """Make ``ptdpo`` and ``steps`` importable when the flow runs from a checkout (``python
     flows/ptdpo_flow.py``) without an installed package. In a code package they sit next to the flow."""

@@ -3,18 +3,37 @@
     python flows/ptdpo_flow.py run                                     # tiny config, local CPU, minutes
     python flows/ptdpo_flow.py --config config configs/qwen3vl-2b.json --with kubernetes run
     python flows/ptdpo_flow.py --config config configs/qwen3vl-2b.json argo-workflows create
+    python flows/ptdpo_flow.py --config config configs/qwen3vl-8b-2node.json --with kubernetes run   # 2 nodes
     python flows/ptdpo_flow.py resume                                  # continue a failed run
 
 The flow is wiring only: each step reads artifacts, makes one call into ``steps/`` and stores the results.
 Requirements (CPU, memory, GPUs, disk, shared memory), retries and timeouts come from the config; so do
 the Kubernetes pod settings, applied only when a step runs on Kubernetes (see ``flows/_common.py``).
 
+Training takes one of two branches, chosen by ``audit`` (a switch on ``train_layout``) from
+``resources.train.nodes``::
+
+    audit --one_node---> train ---------------------------------------------> trained -> evaluate (foreach)
+          --multi_node-> launch_nodes -> train_nodes (@parallel) -> join_nodes -^
+
+- one node (the default): ``train`` runs in the step process (CPU, one GPU) or ``torchrun`` over the
+  node's GPUs; no JobSet controller is needed on the cluster for this branch;
+- N nodes: ``launch_nodes`` fans out ``num_parallel=N``; ``train_nodes`` is a ``@parallel`` step (a JobSet
+  on Kubernetes / Argo, N local processes in a local run): every node runs one ``torchrun`` agent over its
+  GPUs, rendezvous at node 0 (``current.parallel.main_ip``); global rank 0 on node 0 writes checkpoints
+  (saved by node 0's step process through ``@checkpoint``) and the final weights (``@model``), and before
+  training every node restores the same checkpoint itself (``@retry``: node 0's earlier attempt;
+  ``resume``: the origin run's). ``join_nodes`` takes node 0's results and carries the training card;
+- ``trained`` is where the branches meet: Metaflow accepts ``train`` and ``join_nodes`` both fanning out
+  ``evaluate`` in a local run, but its Argo compiler then emits the evaluation twice and an empty foreach
+  template; a join step cannot fan out itself. So one bookkeeping step fans out ``evaluate`` for both.
+
 Artifacts a script may rely on: ``config`` (the resolved config), ``data_manifest``, ``hints`` (table)
 with ``hints_hash``, ``audit_report`` (with ``audit_verdicts``), ``train_metrics`` (one row per step),
 ``policy`` (the ``@model`` reference of the trained weights), ``eval_results`` (benchmark, model, metric,
-value, n), ``eval_comparison``, ``summary``; also ``versions``, ``train_config``, ``resumed_from_step``
-and ``final_step``.
-"""
+value, n), ``eval_comparison``, ``summary``; also ``versions``, ``train_config``, ``resumed_from_step``,
+``resumed_from``, ``final_step`` and ``train_world_size`` (processes that trained together), the same
+on both branches (``run.data.<name>``); multi-node runs add ``nodes_resumed_from`` (per node)."""
 
 from __future__ import annotations
 
@@ -33,9 +52,11 @@ from _common import (  # noqa: E402
     parse_config,
     ptd_needs_hints,
     ptdpo_platform,
+    run_workers_with_this_python,
     step_resources,
     step_retry,
     step_timeout,
+    train_nodes,
 )
 from metaflow import (  # noqa: E402
     Config,
@@ -47,6 +68,7 @@ from metaflow import (  # noqa: E402
     current,
     model,
     package_sources,
+    parallel,
     project,
     resources,
     retry,
@@ -55,6 +77,7 @@ from metaflow import (  # noqa: E402
 )
 
 ensure_import_path()
+run_workers_with_this_python()  # local @parallel workers are started as "python ..." from PATH
 
 
 @ptdpo_platform
@@ -161,7 +184,9 @@ class PTDPOFlow(FlowSpec):
             self.audit_verdicts, self.audit_report = None, {"skipped": "train.ptd does not use hints"}
         for c in audit_components(self.audit_report, self.audit_verdicts, self.hints):
             current.card["audit"].append(c)
-        self.next(self.train)
+        self.train_nodes_count = train_nodes(cfg)
+        self.train_layout = "multi_node" if self.train_nodes_count > 1 else "one_node"
+        self.next({"one_node": self.train, "multi_node": self.launch_nodes}, condition="train_layout")
 
     # ------------------------------------------------------------------------------------- train
     @card(type="blank", id="training")
@@ -184,18 +209,64 @@ class PTDPOFlow(FlowSpec):
             current, cfg, self.train_items, self.hints, self.audit_verdicts, resume_from,
             fail_after_step=self.fail_after_step if self.fail_after_step >= 0 else None,
         )
-        self.train_metrics = out.metrics
-        self.resumed_from_step = int(out.resumed_from_step)
-        self.resumed_from = source
-        self.final_step = int(out.final_step)
-        self.policy = current.model.save(
-            str(out.model_dir), label="policy",
-            metadata={"policy": cfg["train"]["policy"], "step": self.final_step, "config": cfg["name"]},
-        )
-        info = {"config": cfg["name"], "policy": cfg["train"]["policy"], "final step": self.final_step,
-                "resumed from step": self.resumed_from_step, "resumed from": source or "scratch"}
-        for c in training_components(self.train_metrics, info=info):
+        self._store_training(cfg, out, source)
+        for c in training_components(self.train_metrics, info=self._training_info(cfg)):
             current.card["training"].append(c)
+        self.next(self.trained)
+
+    @step
+    def launch_nodes(self):
+        """Fan out one task per training node (``resources.train.nodes``)."""
+        self.next(self.train_nodes, num_parallel=self.train_nodes_count)
+
+    @model
+    @checkpoint(load_policy="none")  # every node restores node 0's checkpoint itself (restore_for_training)
+    @retry(**step_retry("train"))
+    @timeout(**step_timeout("train"))
+    @resources(**step_resources("train"))
+    @parallel
+    @step
+    def train_nodes(self):
+        """One node of multi-node training: restore the checkpoint to continue from (the same on every
+        node), then one torchrun agent over this node's GPUs in the job of all nodes. Node 0 (global rank 0)
+        saves the checkpoints and the final weights."""
+        from _checkpoints import Gang, restore_for_training, train_with_checkpoints
+
+        cfg = self.config.to_dict()
+        gang = Gang.from_current(current)
+        resume_from, source = restore_for_training(current, self.__class__.__name__, current.step_name,
+                                                   control_task_id=current.parallel.control_task_id)
+        print(f"[ptdpo] node {gang.node_index}: continuing from {source or 'the base policy'}")
+        out = train_with_checkpoints(
+            current, cfg, self.train_items, self.hints, self.audit_verdicts, resume_from,
+            fail_after_step=self.fail_after_step if self.fail_after_step >= 0 else None, gang=gang,
+        )
+        self.node_index = gang.node_index
+        self.node_resumed_from = source  # what this node restored (the same on every node)
+        if out is not None:  # node 0
+            self._store_training(cfg, out, source)
+        self.next(self.join_nodes)
+
+    @card(type="blank", id="training")
+    @step
+    def join_nodes(self, inputs):
+        """Node 0's results (``train_metrics``, ``policy``, ``final_step``, ``resumed_from_step``,
+        ``resumed_from``, ``train_world_size``) as the run's training results, and the training card."""
+        from _cards import training_components
+
+        node0 = next(inp for inp in inputs if inp.node_index == 0)
+        for name in TRAINING_ARTIFACTS:
+            setattr(self, name, getattr(node0, name))
+        self.nodes_resumed_from = [inp.node_resumed_from for inp in sorted(inputs, key=lambda i: i.node_index)]
+        self.merge_artifacts(inputs, exclude=["node_index", "node_resumed_from", *TRAINING_ARTIFACTS])
+        cfg = self.config.to_dict()
+        for c in training_components(self.train_metrics, info=self._training_info(cfg)):
+            current.card["training"].append(c)
+        self.next(self.trained)
+
+    @step
+    def trained(self):
+        """Where the one-node and the multi-node branches meet; fans out the evaluation."""
         self.next(self.evaluate, foreach="eval_branches")
 
     # ---------------------------------------------------------------------------------- evaluate
@@ -256,6 +327,30 @@ class PTDPOFlow(FlowSpec):
     def end(self):
         """Done: print where to look."""
         print(f"run {current.pathspec}: summary {self.summary.get('results', {}).get('overall (mean accuracy)')}")
+
+
+    # ------------------------------------------------------------------------- training results
+    def _store_training(self, cfg: dict, out, source: str | None) -> None:
+        """The training artifacts (:data:`TRAINING_ARTIFACTS`) from a ``steps.train.TrainOutput``; the final
+        weights through ``@model``."""
+        self.train_metrics = out.metrics
+        self.resumed_from_step = int(out.resumed_from_step)
+        self.resumed_from = source
+        self.final_step = int(out.final_step)
+        self.train_world_size = int(out.world_size)
+        self.policy = current.model.save(
+            str(out.model_dir), label="policy",
+            metadata={"policy": cfg["train"]["policy"], "step": self.final_step, "config": cfg["name"]},
+        )
+
+    def _training_info(self, cfg: dict) -> dict:
+        return {"config": cfg["name"], "policy": cfg["train"]["policy"], "final step": self.final_step,
+                "resumed from step": self.resumed_from_step, "resumed from": self.resumed_from or "scratch",
+                "nodes": train_nodes(cfg), "processes": self.train_world_size}
+
+
+TRAINING_ARTIFACTS = ("train_metrics", "policy", "final_step", "resumed_from_step", "resumed_from",
+                      "train_world_size")
 
 
 # ---------------------------------------------------------------------------------------- helpers

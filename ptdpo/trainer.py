@@ -657,9 +657,14 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(reward=f"{m['reward']:.3f}", acc=f"{m['accuracy']:.3f}", ptd=f"{m['ptd_loss']:.4f}")
         bar.close()
-        if self.checkpoint_dir and self.cfg.checkpoint_every and (
+        final_save = bool(self.checkpoint_dir and self.cfg.checkpoint_every and (
             latest_checkpoint(self.checkpoint_dir) is None or self.step % self.cfg.checkpoint_every
-        ):
+        ))
+        if dist_utils.is_distributed():
+            # save() is a collective; rank 0 (the rank that writes checkpoints) decides for all: on other
+            # nodes checkpoint_dir is another filesystem, where no checkpoint ever appears.
+            final_save = dist_utils.all_sum(float(final_save) if self.dist.rank == 0 else 0.0) > 0
+        if final_save:
             self.save()
         return self.metrics
 

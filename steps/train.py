@@ -3,7 +3,10 @@
 
 In-process is used for one process (CPU, one GPU). For ``world_size > 1`` the flow writes the
 inputs to a folder and launches ``torchrun -m steps.train --workdir DIR``; every rank reads the
-same inputs, rank 0 writes the outputs.
+same inputs, rank 0 writes the outputs. Over several nodes each node writes its own folder (the
+same inputs, and the same checkpoint to resume from, restored on that node) and runs one
+``torchrun`` agent for its GPUs (:func:`launch_torchrun` with ``nnodes``/``node_rank``); global
+rank 0, on node 0, writes the outputs.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class TrainOutput:
     final_step: int
     resumed_from_step: int  # 0 when training started from the base policy
     checkpoint_dir: Path
+    world_size: int = 1  # processes that trained together (torch.distributed world size)
 
 
 class InjectedFailure(RuntimeError):
@@ -130,11 +134,15 @@ def run_training(
             model_for_save = trainer.policy
         save_policy(model_for_save, processor, model_dir, metadata={"train_step": trainer.step, "policy": cfg.policy})
     dist_utils.barrier()
-    return TrainOutput(pd.DataFrame(trainer.metrics), model_dir, trainer.step, resumed_from, ckpt_dir)
+    return TrainOutput(pd.DataFrame(trainer.metrics), model_dir, trainer.step, resumed_from, ckpt_dir,
+                       world_size=trainer.dist.world_size)
 
 
 # ---------------------------------------------------------------------- multi-process launch
-def write_job(workdir: str | Path, train_cfg: dict, items: list[Item], hints: dict, resume_from: str | None) -> Path:
+def write_job(workdir: str | Path, train_cfg: dict, items: list[Item], hints: dict, resume_from: str | None,
+              fail_after_step: int | None = None) -> Path:
+    """The inputs of a torchrun job in ``workdir``: items, usable hints, the train config, the checkpoint
+    root to resume from and the testing knob ``fail_after_step``."""
     from ptdpo.data.loaders import save_items_jsonl
 
     workdir = Path(workdir)
@@ -143,13 +151,17 @@ def write_job(workdir: str | Path, train_cfg: dict, items: list[Item], hints: di
     with open(workdir / "hints.jsonl", "w") as f:
         for h in hints.values():
             f.write(json.dumps(h.to_dict()) + "\n")
-    (workdir / "job.json").write_text(json.dumps({"train": train_cfg, "resume_from": resume_from}))
+    (workdir / "job.json").write_text(json.dumps(
+        {"train": train_cfg, "resume_from": resume_from, "fail_after_step": fail_after_step}))
     return workdir
 
 
 def launch_torchrun(workdir: str | Path, nproc: int, nnodes: int = 1, node_rank: int = 0,
-                    master_addr: str = "127.0.0.1", master_port: int = 29500) -> TrainOutput:
-    """Run ``steps.train`` under torchrun and read back rank 0's outputs."""
+                    master_addr: str = "127.0.0.1", master_port: int = 29500) -> TrainOutput | None:
+    """Run ``steps.train`` under torchrun (``nproc`` processes on this node, ``nnodes`` nodes in all,
+    rendezvous at ``master_addr:master_port`` on node 0) and read back rank 0's outputs. On the other
+    nodes (``node_rank > 0``) there are none: returns None once this node's processes have finished.
+    Raises ``subprocess.CalledProcessError`` if any local process fails."""
     workdir = Path(workdir)
     cmd = [
         sys.executable, "-m", "torch.distributed.run",
@@ -160,10 +172,13 @@ def launch_torchrun(workdir: str | Path, nproc: int, nnodes: int = 1, node_rank:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
     subprocess.run(cmd, check=True, env=env)
+    if node_rank != 0:
+        return None
     result = json.loads((workdir / "result.json").read_text())
     return TrainOutput(
         pd.read_parquet(workdir / "metrics.parquet"), Path(result["model_dir"]), result["final_step"],
         result["resumed_from_step"], Path(result["checkpoint_dir"]),
+        world_size=int(result.get("world_size", nproc * nnodes)),
     )
 
 
@@ -180,12 +195,14 @@ def main(argv: list[str] | None = None) -> None:
     items = load_items({"format": "jsonl", "path": str(workdir / "items.jsonl")})
     hint_rows = [json.loads(line) for line in (workdir / "hints.jsonl").read_text().splitlines() if line.strip()]
     out = run_training(job["train"], items, hints_by_item(hint_rows), workdir / "out",
-                       resume_from=job.get("resume_from"), progress=info.rank == 0)
+                       resume_from=job.get("resume_from"), fail_after_step=job.get("fail_after_step"),
+                       progress=info.rank == 0)
     if info.rank == 0:
         out.metrics.to_parquet(workdir / "metrics.parquet")
         (workdir / "result.json").write_text(json.dumps({
             "model_dir": str(out.model_dir), "final_step": out.final_step,
             "resumed_from_step": out.resumed_from_step, "checkpoint_dir": str(out.checkpoint_dir),
+            "world_size": out.world_size,
         }))
     dist_utils.barrier()
 

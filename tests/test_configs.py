@@ -28,7 +28,7 @@ from _common import (  # noqa: E402
 # The configs of flows/ptdpo_flow.py (configs/study*.json belong to flows/study_flow.py, another schema).
 CONFIGS = sorted(
     p.relative_to(ROOT / "configs").as_posix()
-    for pattern in ("tiny.json", "qwen3vl-*.json", "baselines/*.json")
+    for pattern in ("tiny.json", "tiny-*.json", "qwen3vl-*.json", "baselines/*.json")
     for p in (ROOT / "configs").glob(pattern)
 )
 RECIPES = {"qwen3vl-2b.json": ("2B", 0.05), "qwen3vl-4b.json": ("4B", 0.5), "qwen3vl-8b.json": ("8B", 0.05)}
@@ -39,7 +39,7 @@ def cfg_of(name: str) -> dict:
 
 
 def test_expected_config_files_exist():
-    for name in ["tiny.json", *RECIPES, "baselines/tiny-grpo.json", "baselines/tiny-answer-distill.json",
+    for name in ["tiny.json", "tiny-2node.json", "qwen3vl-8b-2node.json", *RECIPES, "baselines/tiny-grpo.json", "baselines/tiny-answer-distill.json",
                  "baselines/qwen3vl-2b-grpo.json", "baselines/qwen3vl-2b-answer-distill.json"]:
         assert name in CONFIGS, name
 
@@ -125,6 +125,19 @@ def test_baselines_change_only_the_objective():
     assert cfg_of("baselines/tiny-answer-distill.json")["train"]["ptd"]["teacher_context"] == "answer"
 
 
+def test_two_node_configs_differ_from_their_parent_only_in_the_node_count():
+    from _common import train_nodes
+
+    for name, parent in (("tiny-2node.json", "tiny.json"), ("qwen3vl-8b-2node.json", "qwen3vl-8b.json")):
+        cfg, base = cfg_of(name), cfg_of(parent)
+        assert train_nodes(cfg) == 2 and train_nodes(base) == 1
+        assert {k: v for k, v in cfg["resources"]["train"].items() if k != "nodes"} == base["resources"]["train"]
+        for key in ("data", "hints", "train", "eval", "retry", "timeout"):
+            assert cfg[key] == base[key], (name, key)
+    attrs, env = kubernetes_attributes(cfg_of("qwen3vl-8b-2node.json"), "train")
+    assert env["NCCL_SOCKET_IFNAME"] == "eth0" and attrs["node_selector"]["ptdpo.io/pool"] == "gpu-h100"
+
+
 def test_4b_hints_come_from_vllm_without_the_parents_endpoint_keys():
     gen = cfg_of("qwen3vl-4b.json")["hints"]["generator"]
     assert gen["name"] == "vllm" and "base_url" not in gen and "api_key_env" not in gen  # null removed them
@@ -164,6 +177,12 @@ def _broken(mutate) -> dict:
     (lambda c: c["hints"]["generator"].update(name="gpt"), "hints.generator.name"),
     (lambda c: c["hints"]["generator"].update(temprature=0.1), "temprature"),
     (lambda c: c.update(project="My Project"), "project"),
+    (lambda c: c["resources"]["train"].update(nodes=0), "resources.train.nodes: the number of training nodes"),
+    (lambda c: c["resources"]["train"].update(nodes="2"), "resources.train.nodes"),
+    (lambda c: c["resources"]["train"].update(nodes=1.5), "resources.train.nodes"),
+    (lambda c: c["resources"]["train"].update(nodes=True), "resources.train.nodes"),
+    (lambda c: c["resources"]["evaluate"].update(nodes=2), "resources.evaluate.nodes: only training"),
+    (lambda c: c.update(parallel={"nodes": 2}), "resources.train.nodes"),
 ])
 def test_bad_configs_are_rejected_with_the_problem_named(mutate, message):
     with pytest.raises(FlowConfigError, match=message):

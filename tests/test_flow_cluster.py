@@ -4,6 +4,9 @@
 - ``argo-workflows create --only-json`` compiles the 2B config into an Argo WorkflowTemplate whose
   per-step pods carry the config's GPUs, memory, image, node selectors, tolerations, shared memory,
   PVC, secrets, retries, deadlines, and the schedule;
+- the 2-node config compiles too: its ``train_nodes`` step (``@parallel``) becomes a JobSet (one control
+  job, ``num_parallel - 1`` workers) whose pods carry the same GPU, image, node selector, tolerations,
+  shared memory, PVC and NCCL environment as ``train``; the audit step switches between the branches;
 - the same flow runs once on the S3 datastore, and a ``@retry`` inside train restores the checkpoint of
   the failed attempt from S3.
 
@@ -200,6 +203,95 @@ def test_argo_spec_carries_the_2b_config_per_step(argo_2b):
     # the testing knob exists with its inert default
     params = {p["name"]: p for p in wf["spec"]["arguments"]["parameters"]}
     assert params["fail_after_step"]["value"] == "-1"
+
+
+def _jobset(wf: dict, template: str) -> dict:
+    """The JobSet manifest of an Argo resource template (Argo expressions in unquoted values quoted first,
+    so the YAML parses)."""
+    import re
+
+    import yaml
+
+    t = next(t for t in wf["spec"]["templates"] if t["name"] == template)
+    manifest = re.sub(r": (\{\{=[^\n]*\}\})$", r": '\1'", t["resource"]["manifest"], flags=re.M)
+    return yaml.safe_load(manifest)
+
+
+def test_single_node_config_takes_the_one_node_branch(argo_2b):
+    """The 2B config trains on one node: ``train`` runs when audit's switch says so; the multi-node branch
+    is compiled too (a JobSet resource template) but only created when taken."""
+    tasks = {t["name"]: t for t in next(t for t in argo_2b["spec"]["templates"] if t["name"] == "PTDPOFlow")["dag"]["tasks"]}
+    assert "'train'" in tasks["train"]["when"] and "'launch_nodes'" in tasks["launch-nodes"]["when"]
+    assert tasks["trained"]["depends"] == "join-nodes.Succeeded || train.Succeeded"
+    assert _jobset(argo_2b, "train-nodes")["kind"] == "JobSet"
+
+
+@pytest.fixture(scope="module")
+def argo_2node(s3_env, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("argo2")
+    out = flow_cli(["--config", "config", str(ROOT / "configs" / "qwen3vl-8b-2node.json"),
+                    "argo-workflows", "create", "--only-json"], s3_env, cwd, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return json.loads(out.stdout[out.stdout.index("{"):])
+
+
+def test_two_node_config_compiles_train_nodes_to_a_jobset(argo_2node):
+    from _common import kubernetes_attributes, load_config_file
+
+    cfg = load_config_file(ROOT / "configs" / "qwen3vl-8b-2node.json")
+    assert cfg["resources"]["train"]["nodes"] == 2
+    res = cfg["resources"]["train"]
+    attrs, env = kubernetes_attributes(cfg, "train")
+    wf = argo_2node
+    templates = {t["name"]: t for t in wf["spec"]["templates"]}
+    # the switch in audit picks the branch at run time; both meet in `trained`, which fans out evaluate
+    tasks = {t["name"]: t for t in templates["PTDPOFlow"]["dag"]["tasks"]}
+    assert "'launch_nodes'" in tasks["launch-nodes"]["when"] and "'train'" in tasks["train"]["when"]
+    assert tasks["launch-nodes-foreach-parallel"]["depends"] == "launch-nodes.Succeeded"
+    assert tasks["join-nodes"]["depends"] == "launch-nodes-foreach-parallel.Succeeded"
+    assert tasks["trained"]["depends"] == "join-nodes.Succeeded || train.Succeeded"
+    assert tasks["trained-foreach-eval-branches"]["depends"] == "trained.Succeeded"
+    # launch_nodes decides num_parallel at run time (resources.train.nodes); the JobSet gets one control
+    # job and num_parallel - 1 workers
+    assert any(p["name"] == "num-parallel" for p in templates["launch-nodes"]["outputs"]["parameters"])
+    par = templates["launch-nodes-foreach-parallel"]["dag"]["tasks"][0]
+    args = {a["name"]: a["value"] for a in par["arguments"]["parameters"]}
+    assert par["template"] == "train-nodes"
+    assert args["workerCount"] == "{{=sprig.int(sprig.sub(sprig.int(inputs.parameters['num-parallel']),1))}}"
+    t = templates["train-nodes"]
+    assert t["resource"]["action"] == "create"
+    assert t["retryStrategy"]["limit"] == cfg["retry"]["train"]["times"]
+    js = _jobset(wf, "train-nodes")
+    assert js["kind"] == "JobSet" and js["apiVersion"].startswith("jobset.x-k8s.io/")
+    jobs = {j["name"]: j for j in js["spec"]["replicatedJobs"]}
+    assert set(jobs) == {"control", "worker"}
+    assert jobs["control"]["replicas"] == 1
+    assert jobs["worker"]["replicas"] == "{{=asInt(inputs.parameters.workerCount)}}"
+    for name, job in jobs.items():
+        pod = job["template"]["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        assert c["image"] == attrs["image"] and c["imagePullPolicy"] == attrs["image_pull_policy"], name
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == str(res["gpu"]), name
+        assert float(c["resources"]["requests"]["cpu"]) == res["cpu"], name
+        assert _mem_mb(c["resources"]["requests"]["memory"]) == res["memory"], name
+        assert pod["nodeSelector"] == attrs["node_selector"], name
+        assert pod["tolerations"] == attrs["tolerations"], name
+        assert pod["serviceAccountName"] == attrs["service_account"], name
+        vols = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        assert vols["dhsm"]["emptyDir"] == {"sizeLimit": f"{res['shared_memory']}Mi", "medium": "Memory"}, name
+        assert mounts["dhsm"] == "/dev/shm", name
+        assert vols["ptdpo-model-cache"]["persistentVolumeClaim"]["claimName"] == "ptdpo-model-cache", name
+        assert mounts["ptdpo-model-cache"] == "/cache", name
+        pod_env = {e["name"]: e.get("value") for e in c.get("env") or []}
+        assert pod_env["NCCL_SOCKET_IFNAME"] == "eth0" and env["NCCL_SOCKET_IFNAME"] == "eth0", name
+        assert pod_env["HF_HOME"] == "/cache/huggingface", name
+        secrets = [e["secretRef"]["name"] for e in c.get("envFrom") or [] if e.get("secretRef")]
+        assert secrets == attrs["secrets"], name
+        command = " ".join(c["command"])
+        assert "step train_nodes" in command and "--ubf-context" in command, name
+    # the single-node training step is still there, for the other branch, without the JobSet
+    assert templates["train"]["container"]["resources"]["limits"]["nvidia.com/gpu"] == str(res["gpu"])
 
 
 def test_tiny_config_compiles_without_gpus_or_schedule(s3_env, tmp_path):

@@ -4,7 +4,12 @@ temporary folder (its own ``.metaflow``, METAFLOW_HOME and user), so nothing lan
 - the default tiny config runs the whole DAG; every named artifact is there and sensible; the cards
   carry the plots (PNG images embedded as base64) and the tables;
 - a run made to fail inside ``train`` after a checkpoint, then resumed, continues training from that
-  checkpoint (not from step 0).
+  checkpoint (not from step 0);
+- with ``resources.train.nodes = 2`` the multi-node branch (``launch_nodes`` -> ``train_nodes``, a
+  ``@parallel`` step run as two local processes, one gloo rank each -> ``join_nodes``) trains as one job
+  of world size 2, equal to one process up to float rounding; a ``@retry`` of the gang (made to fail after
+  a checkpoint) makes both nodes restore node 0's checkpoint; a ``resume`` of a failed multi-node run
+  makes both nodes restore the origin run's checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import typing
 from pathlib import Path
 
 import pytest
-import torch  # noqa: F401
+import torch
 
 # Metaflow's Runner checks argument types with its vendored typeguard, which imports Metaflow's vendored
 # typing_extensions, which replaces typing._collect_parameters for the whole process with a version
@@ -37,6 +42,7 @@ def _restore_typing() -> None:
 ROOT = Path(__file__).resolve().parents[1]
 FLOW = ROOT / "flows" / "ptdpo_flow.py"
 TINY = ROOT / "configs" / "tiny.json"
+TINY_2NODE = ROOT / "configs" / "tiny-2node.json"
 RESULT_COLUMNS = ["benchmark", "model", "metric", "value", "n"]
 
 pytestmark = pytest.mark.slow
@@ -85,10 +91,11 @@ def runner(tmp_path: Path, config: Path | None):
     return r
 
 
-def small_config(tmp_path: Path, **overrides) -> Path:
-    """tiny.json, smaller still: one hint shard, one benchmark of two items, the trained model only."""
+def small_config(tmp_path: Path, base: Path = TINY, **overrides) -> Path:
+    """tiny.json (or ``base``), smaller still: one hint shard, one benchmark of two items, the trained model
+    only."""
     cfg = {
-        "extends": str(TINY), "name": "tiny-test",
+        "extends": str(base), "name": "tiny-test",
         "hints": {"shards": 1},
         "train": {"max_steps": 4, "checkpoint_every": 2},
         "eval": {"benchmarks": [{"name": "synthetic_id", "limit": 2}], "models": ["trained"]},
@@ -155,8 +162,8 @@ def test_tiny_config_runs_the_whole_dag(tmp_path):
     assert status == "successful", stderr[-4000:]
     assert run.successful
     steps = {s.id for s in run}
-    assert steps == {"start", "prepare_data", "generate_hints", "join_hints", "audit", "train", "evaluate",
-                     "join_eval", "report", "end"}
+    assert steps == {"start", "prepare_data", "generate_hints", "join_hints", "audit", "train", "trained",
+                     "evaluate", "join_eval", "report", "end"}  # the one-node branch: no @parallel step
     assert len(list(run["generate_hints"])) == 2 and len(list(run["evaluate"])) == 4  # 2 shards; 2 x 2
     d = run.data
 
@@ -183,6 +190,7 @@ def test_tiny_config_runs_the_whole_dag(tmp_path):
     for col in ("reward", "accuracy", "ptd_loss", "student_entropy", "informative_groups", "response_length"):
         assert col in tm and tm[col].map(math.isfinite).all(), col
     assert d.final_step == cfg["train"]["max_steps"] and d.resumed_from_step == 0
+    assert d.train_layout == "one_node" and d.train_world_size == 1
 
     assert d.policy["type"] == "model" and d.policy["key"]
     ev = d.eval_results
@@ -248,3 +256,99 @@ def test_failed_train_resumes_from_its_checkpoint(tmp_path):
     steps = list(d.train_metrics["step"])
     assert steps == [1, 2, 3, 4]  # steps 1-2 from the origin run's checkpoint, 3-4 trained here
     assert list(d.eval_results.columns) == RESULT_COLUMNS
+
+
+# ------------------------------------------------------------------------------------ several nodes
+MULTI_NODE_STEPS = {"start", "prepare_data", "generate_hints", "join_hints", "audit", "launch_nodes", "train_nodes",
+                    "join_nodes", "trained", "evaluate", "join_eval", "report", "end"}
+
+
+def _one_process_training(d, tmp_path: Path):
+    """The run's training again, in this process (world size 1), from the run's own inputs."""
+    from steps.audit import usable_hints
+    from steps.train import run_training
+
+    hints = usable_hints(d.hints.to_dict("records"), d.audit_verdicts)
+    return run_training(d.config["train"], d.train_items, hints, tmp_path / "one-process", progress=False)
+
+
+def _assert_same_training(d, tmp_path: Path) -> None:
+    """Two gloo ranks on two nodes train like one process: metrics and weight updates (the trainer's
+    rollouts do not depend on the rank count; see tests/test_trainer.py)."""
+    from metaflow import load_model
+
+    from ptdpo.models import load_policy
+
+    one = _one_process_training(d, tmp_path)
+    cols = ["reward", "ptd_loss", "response_length", "grad_norm", "student_entropy"]
+    a = torch.tensor(one.metrics[cols].values, dtype=torch.float64)
+    b = torch.tensor(d.train_metrics[cols].values, dtype=torch.float64)
+    assert torch.allclose(a, b, rtol=1e-3, atol=1e-8), (a, b)
+    load_model(d.policy, str(tmp_path / "two-nodes-policy"))
+    m0, _ = load_policy(d.config["train"]["policy"])
+    m1, _ = load_policy(str(one.model_dir))
+    m2, _ = load_policy(str(tmp_path / "two-nodes-policy"))
+    for (n, p0), (_, p1), (_, p2) in zip(m0.named_parameters(), m1.named_parameters(), m2.named_parameters()):
+        d1, d2 = (p1 - p0).detach(), (p2 - p0).detach()
+        assert float((d1 - d2).norm() / d1.norm().clamp(min=1e-12)) < 1e-3, n
+
+
+def test_two_nodes_train_as_one_job_and_a_retry_restores_node0s_checkpoint_on_both(tmp_path):
+    """tiny-2node.json with one retry: both nodes fail after step 2 (node 0 saved that checkpoint); the
+    retry of the gang restores it on both nodes and trains steps 3-4; the result equals one process."""
+    from metaflow import Checkpoint
+
+    config = small_config(tmp_path, base=TINY_2NODE, retry={"train": {"times": 1, "minutes_between_retries": 0}})
+    t0 = time.time()
+    with runner(tmp_path, config) as r:
+        result = r.run(fail_after_step=2)
+        status, stderr, stdout = result.status, result.stderr, result.stdout
+    _restore_typing()
+    print(f"\n[timing] 2-node run with one retry: {time.time() - t0:.0f}s", file=sys.stderr)
+    assert status == "successful", stderr[-4000:]
+    assert "injected failure after step 2" in stdout + stderr  # attempt 0 did fail
+    run = result.run
+    assert {s.id for s in run} == MULTI_NODE_STEPS  # the multi-node branch only
+    d = run.data
+    assert d.train_layout == "multi_node" and d.train_nodes_count == 2
+    nodes = sorted(run["train_nodes"], key=lambda t: t.data.node_index)
+    assert [t.data.node_index for t in nodes] == [0, 1]
+    assert all(int(t.metadata_dict["attempt"]) == 1 for t in nodes)  # the whole gang was retried
+    node0 = nodes[0]
+    # both nodes continued from node 0's checkpoint of attempt 0
+    assert d.nodes_resumed_from == [d.resumed_from] * 2 and d.resumed_from.startswith("retry of ")
+    assert node0.pathspec in d.resumed_from and "(step 2)" in d.resumed_from
+    assert d.train_world_size == 2 and d.final_step == 4 and d.resumed_from_step == 2
+    assert list(d.train_metrics["step"]) == [1, 2, 3, 4]
+    # only node 0 saved checkpoints: step 2 (attempt 0, before failing), step 4 (attempt 1)
+    assert sorted(c["metadata"]["step"] for c in Checkpoint().list(task=node0, attempt=0)) == [2]
+    assert sorted(c["metadata"]["step"] for c in Checkpoint().list(task=node0, attempt=1)) == [4]
+    assert d.policy["type"] == "model"
+    assert list(d.eval_results.columns) == RESULT_COLUMNS and len(list(run["evaluate"])) == 1
+    assert_card_has_plot_and_table(run["join_nodes"].task, "training", "reward", "ptd_loss")
+    _assert_same_training(d, tmp_path)
+
+
+def test_resumed_multi_node_run_restores_the_origin_checkpoint_on_every_node(tmp_path):
+    """A 2-node run fails after step 2 with no retries left; ``resume`` re-runs the gang, and both nodes
+    continue from the origin run's node-0 checkpoint."""
+    config = small_config(tmp_path, base=TINY_2NODE, retry={"train": {"times": 0}}, train={"max_steps": 3})
+    t0 = time.time()
+    with runner(tmp_path, config) as r:
+        failed = r.run(fail_after_step=2)
+    _restore_typing()
+    t1 = time.time()
+    assert failed.status == "failed"
+    origin = failed.run
+    with runner(tmp_path, None) as r:
+        resumed = r.resume(origin_run_id=origin.id)
+        status, stderr = resumed.status, resumed.stderr
+    _restore_typing()
+    print(f"\n[timing] failing 2-node run: {t1 - t0:.0f}s, resume: {time.time() - t1:.0f}s", file=sys.stderr)
+    assert status == "successful", stderr[-4000:]
+    run = resumed.run
+    assert run.successful and run["audit"].task.metadata_dict.get("origin-run-id") == origin.id
+    d = run.data
+    assert d.nodes_resumed_from == [d.resumed_from] * 2
+    assert d.resumed_from.startswith(f"resume of run {origin.id}") and d.resumed_from_step == 2
+    assert d.train_world_size == 2 and d.final_step == 3 and list(d.train_metrics["step"]) == [1, 2, 3]

@@ -120,3 +120,62 @@ def test_checkpoint_staging_gives_a_folder_run_training_can_resume_from(tmp_path
     model_state, _, step = load_checkpoint(latest_checkpoint(restored))
     assert step == 4 and model_state["w"].tolist() == [4.0, 4.0]
     assert not list((tmp_path / "staging").iterdir())  # staging cleaned up
+
+
+class _FakeLoader:
+    """Stands in for ``current.checkpoint`` on a node of a ``@parallel`` step: nothing auto-loaded."""
+
+    is_loaded = False
+    directory = "/restored"
+
+    def __init__(self):
+        self.loaded = []
+
+    def load(self, ref):
+        self.loaded.append(ref)
+
+
+def _node(retry_count: int, origin: str | None = None, node_index: int = 1):
+    return SimpleNamespace(
+        flow_name="PTDPOFlow", run_id="7", step_name="train_nodes", task_id=f"12_node_{node_index}",
+        retry_count=retry_count, origin_run_id=origin, checkpoint=_FakeLoader(),
+        parallel=SimpleNamespace(num_nodes=2, node_index=node_index, main_ip="10.0.0.5", control_task_id="12"),
+    )
+
+
+def test_every_node_restores_node0s_checkpoint_on_retry_and_the_origin_runs_on_resume(monkeypatch):
+    import _checkpoints
+
+    asked = []
+
+    def task_checkpoint(pathspec, attempts):
+        asked.append((pathspec, list(attempts)))
+        return {"name": "train", "metadata": {"step": 6}} if pathspec.endswith("/12") else None
+
+    monkeypatch.setattr(_checkpoints, "_task_checkpoint", task_checkpoint)
+    monkeypatch.setattr(_checkpoints, "_origin_checkpoint",
+                        lambda flow, origin, step: {"name": "train", "metadata": {"step": 4}, "origin": (origin, step)})
+    # a retry (attempt 2): the control task's earlier attempts, newest first, on any node
+    node = _node(retry_count=2)
+    where, source = _checkpoints.restore_for_training(node, "PTDPOFlow", "train_nodes", control_task_id="12")
+    assert where == "/restored" and source == "retry of PTDPOFlow/7/train_nodes/12 (step 6)"
+    assert asked == [("PTDPOFlow/7/train_nodes/12", [1, 0])]
+    assert node.checkpoint.loaded == [{"name": "train", "metadata": {"step": 6}}]
+    # a resume (first attempt of the new run): the origin run's newest checkpoint of the same step
+    node = _node(retry_count=0, origin="5")
+    where, source = _checkpoints.restore_for_training(node, "PTDPOFlow", "train_nodes", control_task_id="12")
+    assert source == "resume of run 5 (step 4)" and node.checkpoint.loaded[0]["origin"] == ("5", "train_nodes")
+    # a first attempt of a fresh run: the base policy
+    assert _checkpoints.restore_for_training(_node(0), "PTDPOFlow", "train_nodes", "12") == (None, None)
+
+
+def test_gang_port_is_the_same_on_every_node_and_new_on_a_retry(monkeypatch):
+    from _checkpoints import Gang
+
+    monkeypatch.delenv("PTDPO_MASTER_PORT", raising=False)
+    g0, g1 = Gang.from_current(_node(0, node_index=0)), Gang.from_current(_node(0, node_index=1))
+    assert (g0.num_nodes, g0.node_index, g1.node_index, g0.main_ip) == (2, 0, 1, "10.0.0.5")
+    assert g0.master_port == g1.master_port and 20000 <= g0.master_port < 30000
+    assert Gang.from_current(_node(1, node_index=0)).master_port != g0.master_port
+    monkeypatch.setenv("PTDPO_MASTER_PORT", "29400")
+    assert Gang.from_current(_node(0)).master_port == 29400
