@@ -86,7 +86,8 @@ class StudyFlow(FlowSpec):
         set_threads()
         with tempfile.TemporaryDirectory() as tmp:
             path, self.base_report = build_base(self.study, tmp)
-            self.base_eval = evaluate_model(path, self.eval_items, self.study.get("eval"), labels={"arm": "base", "seed": -1})
+            self.base_eval = evaluate_model(path, self.eval_items, self.study.get("eval"), labels={"arm": "base", "seed": -1},
+                                            reasoning=(self.study.get("base") or {}).get("reasoning"))
             self.base_model = current.model.save(str(path), label="base_model",
                                                  metadata={"study": self.study.get("name"), **self.base_report["spec"]})
         print(f"base model: hint ability {self.base_report.get('hint_ability')}")
@@ -123,7 +124,8 @@ class StudyFlow(FlowSpec):
 
         path = current.model.load(self.policy)
         self.eval_rows = evaluate_model(path, self.eval_items, self.study.get("eval"),
-                                        labels={"arm": self.branch["arm"], "seed": self.branch["seed"]})
+                                        labels={"arm": self.branch["arm"], "seed": self.branch["seed"]},
+                                        reasoning=(self.study.get("base") or {}).get("reasoning"))
         self.next(self.join)
 
     @step

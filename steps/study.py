@@ -106,16 +106,20 @@ def train_branch(
 
 @torch.no_grad()
 def evaluate_policy(model, processor, items: Sequence[Item], k: int = 4, temperature: float = 1.0,
-                    max_new_tokens: int = 16, seed: int = 0, batch_size: int = 32) -> dict[str, float]:
+                    max_new_tokens: int = 16, seed: int = 0, batch_size: int = 32,
+                    reasoning: str | None = None) -> dict[str, float]:
     """Greedy accuracy, sampled avg@k and pass@k (temperature ``temperature``), mean response length
-    (tokens, sampled) and format rate (sampled) on ``items``, answer-free prompts."""
+    (tokens, sampled) and format rate (sampled) on ``items``, answer-free prompts. With ``reasoning ==
+    "boxes"`` (the base model's think form), also how well the greedy think blocks of the spatial relation
+    items locate the objects (``diagnostics.box_reasoning_error``: think_exact, corner_abs_error)."""
     from ptdpo.models.multimodal import encode_prompts, generate_completions
     from ptdpo.prompts import build_messages
     from ptdpo.rewards import score_batch
-    from ptdpo.study.base_model import greedy_correct
+    from ptdpo.study.base_model import greedy_responses
+    from ptdpo.study.diagnostics import box_reasoning_error
 
     set_threads()
-    greedy = greedy_correct(model, processor, items, None, max_new_tokens, batch_size)
+    greedy_texts, greedy = greedy_responses(model, processor, items, None, max_new_tokens, batch_size)
     acc, fmt, lens, passk = [], [], [], []
     per = max(1, batch_size // k)
     for i in range(0, len(items), per):
@@ -130,12 +134,17 @@ def evaluate_policy(model, processor, items: Sequence[Item], k: int = 4, tempera
         lens += [float(n) for n in comp.lengths]
         passk += [float(any(r.accuracy for r in res[j : j + k])) for j in range(0, len(res), k)]
     mean = lambda xs: float(sum(xs) / max(len(xs), 1))  # noqa: E731
-    return {"greedy_accuracy": mean(greedy), f"avg@{k}": mean(acc), f"pass@{k}": mean(passk),
-            "response_length": mean(lens), "format": mean(fmt), "n": len(items)}
+    out = {"greedy_accuracy": mean(greedy), f"avg@{k}": mean(acc), f"pass@{k}": mean(passk),
+           "response_length": mean(lens), "format": mean(fmt), "n": len(items)}
+    if reasoning == "boxes":
+        rel = [(t, it) for t, it in zip(greedy_texts, items) if (it.meta.get("query") or {}).get("type") == "relation"]
+        box = box_reasoning_error([t for t, _ in rel], [it for _, it in rel])
+        out.update(think_exact=box["think_exact"], corner_abs_error=box["corner_abs_error"])
+    return out
 
 
 def evaluate_model(model_dir: str | Path, eval_items: dict[str, Sequence[Item]], eval_cfg: dict[str, Any] | None = None,
-                   labels: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                   labels: dict[str, Any] | None = None, reasoning: str | None = None) -> list[dict[str, Any]]:
     """Long rows (labels..., split, metric, value) for every evaluation split."""
     from ptdpo.models import load_policy
 
@@ -143,6 +152,6 @@ def evaluate_model(model_dir: str | Path, eval_items: dict[str, Sequence[Item]],
     eval_cfg = dict(eval_cfg or {})
     rows = []
     for split, items in eval_items.items():
-        for metric, value in evaluate_policy(model, processor, items, **eval_cfg).items():
+        for metric, value in evaluate_policy(model, processor, items, reasoning=reasoning, **eval_cfg).items():
             rows.append({**(labels or {}), "split": split, "metric": metric, "value": float(value)})
     return rows

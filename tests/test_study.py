@@ -88,6 +88,36 @@ def test_warm_start_mixture_is_answer_free_and_has_the_requested_shares():
     assert r.startswith("a ") and " b " in r and reasoning_for(items[0], "look") == "look"
 
 
+def test_boxes_reasoning_is_copied_from_the_hint_and_decides_the_relation():
+    """The "boxes" think block holds the relation and the first corner of both hint boxes: every number in
+    it appears in the rendered hint (a reader of the hint can copy it), it never says yes or no, and the
+    leading digits of the relation's axis give the answer for almost every item."""
+    from ptdpo.hints import render_hint
+    from ptdpo.study.base_model import DataSpec, oracle_hints, reasoning_for
+
+    items = DataSpec(families=["spatial"], difficulty=[2, 2]).generate(60, split="warm")
+    hints = oracle_hints(items)
+    decided = 0
+    for it in items:
+        if it.meta["query"]["type"] != "relation" or it.id not in hints:
+            continue
+        text = render_hint(hints[it.id])
+        r = reasoning_for(it, "boxes")
+        rel = it.meta["query"]["relation"]
+        assert r.startswith(rel + " (") and not ({"yes", "no"} & set(r.split()))
+        corners = re.findall(r"\((\d+),(\d+)\)", r)
+        assert len(corners) == 2
+        for x, y in corners:
+            assert f"({x},{y})" in text
+        axis = 0 if rel in ("left of", "right of") else 1
+        a, b = (int(c[axis]) for c in corners)
+        smaller_first = a < b if rel in ("left of", "above") else a > b
+        decided += ("yes" if smaller_first else "no") == it.answer
+        lead = reasoning_for(it, "coords_rel").split()
+        assert " ".join(lead[:-2]) == rel and [int(d) for d in lead[-2:]] == [a // 100, b // 100]
+    assert decided >= 0.9 * sum(it.meta["query"]["type"] == "relation" for it in items)
+
+
 # ---------------------------------------------------------------------------------------- tracking
 class _R:
     def __init__(self, item_index, accuracy, ptd=False):

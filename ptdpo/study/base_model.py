@@ -20,6 +20,7 @@ Everything here is a pure function: ``build_base_model`` returns the trained mod
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -64,15 +65,18 @@ class WarmStartSpec:
     steps: int = 300
     lr: float = 3e-3
     batch_size: int = 16
-    # the <think> content of the targets: a fixed word (e.g. "look"), or "coords": for spatial relation
-    # items, the leading digit of the relevant edge coordinate of each object ("a 1 b 4"), the value a
-    # reader of the hint can copy from its boxes (a chain of thought, not part of the hint)
+    # the <think> content of the targets (a chain of thought, not part of the hint): a fixed word (e.g.
+    # "look"), or for spatial relation items a value a reader of the hint can copy from its boxes:
+    # "coords" the leading digit of the relevant edge coordinate of each object ("a 1 b 4"), "coords_rel"
+    # the same after the relation ("left of 1 4"), "boxes" the relation and the first corner of both boxes
+    # verbatim ("left of (109,62) (328,62)"; many copied tokens per item, the one a 0.5M model learned)
     reasoning: str = "look"
     unstructured_frac: float = 0.0  # of the hinted examples, the fraction that see the paragraph form
     # fraction of examples whose prompt carries the ANSWER block ("Reference answer: yes"), as a real
     # VLM can read an answer put in its context: what the answer-conditioned teacher relies on
     answer_frac: float = 0.0
     eval_items: int = 128
+    eval_max_new_tokens: int = 16  # greedy decoding budget of the hint-ability check (must fit the think block)
 
 
 def oracle_hints(items: Sequence[Item]) -> dict[str, Hint]:
@@ -89,45 +93,71 @@ def hint_block(hint: Hint | None) -> str | None:
 
 
 @torch.no_grad()
-def greedy_correct(
+def greedy_responses(
     model, processor, items: Sequence[Item], contexts: Sequence[str | None] | None = None,
     max_new_tokens: int = 16, batch_size: int = 32,
-) -> list[float]:
-    """Greedy accuracy (0/1) per item, with ``contexts[i]`` as the prompt's context block."""
+) -> tuple[list[str], list[float]]:
+    """Greedy responses and their accuracy (0/1) per item, with ``contexts[i]`` as the prompt's context
+    block."""
     contexts = list(contexts) if contexts is not None else [None] * len(items)
     model.eval()
-    out: list[float] = []
+    texts: list[str] = []
+    correct: list[float] = []
     for i in range(0, len(items), batch_size):
         chunk = list(items[i : i + batch_size])
         msgs = [build_messages(it, context_block=c) for it, c in zip(chunk, contexts[i : i + batch_size])]
         batch = encode_prompts(processor, msgs, [item_images(it) for it in chunk])
         comp = generate_completions(model, processor, batch, max_new_tokens, do_sample=False)
-        out += [float(r.accuracy) for r in score_batch(comp.texts, chunk, max_workers=1)]
-    return out
+        texts += list(comp.texts)
+        correct += [float(r.accuracy) for r in score_batch(comp.texts, chunk, max_workers=1)]
+    return texts, correct
 
 
-def hint_ability(model, processor, items: Sequence[Item], hints: dict[str, Hint], max_new_tokens: int = 16) -> dict[str, Any]:
-    """Greedy accuracy on ``items`` with the structured hint, the unstructured hint, and no hint."""
+def greedy_correct(
+    model, processor, items: Sequence[Item], contexts: Sequence[str | None] | None = None,
+    max_new_tokens: int = 16, batch_size: int = 32,
+) -> list[float]:
+    """Greedy accuracy (0/1) per item, with ``contexts[i]`` as the prompt's context block."""
+    return greedy_responses(model, processor, items, contexts, max_new_tokens, batch_size)[1]
+
+
+_THINK = re.compile(r"<think>(.*?)</think>", re.S)
+
+
+def think_of(response: str) -> str | None:
+    m = _THINK.search(response)
+    return m.group(1).strip() if m else None
+
+
+def hint_ability(model, processor, items: Sequence[Item], hints: dict[str, Hint], max_new_tokens: int = 16,
+                 reasoning: str | None = None) -> dict[str, Any]:
+    """Greedy accuracy on ``items`` with the structured hint, the unstructured hint, the answer block and
+    no context. With ``reasoning`` (a ``WarmStartSpec.reasoning`` mode whose think block depends on the
+    item), also the fraction of responses whose think block is exactly the target one (``think_match_*``):
+    whether the model reads the hint at all, even where its answer does not follow."""
     items = [it for it in items if it.id in hints]
-    structured = [render_hint(hints[it.id]) for it in items]
-    paragraph = [render_hint(to_unstructured(hints[it.id])) for it in items]
-    without = greedy_correct(model, processor, items, None, max_new_tokens)
-    with_s = greedy_correct(model, processor, items, structured, max_new_tokens)
-    with_u = greedy_correct(model, processor, items, paragraph, max_new_tokens)
-    with_a = greedy_correct(model, processor, items, [render_context(it, None, "answer") for it in items], max_new_tokens)
-    n = len(items)
+    contexts = {
+        "without_hint": None,
+        "with_hint": [render_hint(hints[it.id]) for it in items],
+        "with_unstructured_hint": [render_hint(to_unstructured(hints[it.id])) for it in items],
+        "with_answer": [render_context(it, None, "answer") for it in items],
+    }
+    res = {k: greedy_responses(model, processor, items, c, max_new_tokens) for k, c in contexts.items()}
     mean = lambda xs: sum(xs) / max(len(xs), 1)  # noqa: E731
-    return {
-        "n": n,
-        "acc_without_hint": mean(without),
-        "acc_with_hint": mean(with_s),
-        "acc_with_unstructured_hint": mean(with_u),
-        "acc_with_answer": mean(with_a),
+    without, with_s = res["without_hint"][1], res["with_hint"][1]
+    out: dict[str, Any] = {"n": len(items)}
+    out.update({f"acc_{k}": mean(r[1]) for k, r in res.items()})
+    out.update({
         "hint_gain": mean(with_s) - mean(without),
         # items the student gets wrong alone but right with the hint: where PTD can help
         "frac_fixed_by_hint": mean([float(w > o) for w, o in zip(with_s, without)]),
         "frac_broken_by_hint": mean([float(w < o) for w, o in zip(with_s, without)]),
-    }
+    })
+    if reasoning is not None:
+        targets = [reasoning_for(it, reasoning) for it in items]
+        for k in ("without_hint", "with_hint", "with_unstructured_hint"):
+            out[f"think_match_{k}"] = mean([float(think_of(t) == g) for t, g in zip(res[k][0], targets)])
+    return out
 
 
 _REL_AXIS = {"left of": 0, "right of": 0, "above": 1, "below": 1}
@@ -135,7 +165,7 @@ _REL_AXIS = {"left of": 0, "right of": 0, "above": 1, "below": 1}
 
 def reasoning_for(item: Item, mode: str) -> str:
     """The think-block text of an item's warm-start target (see ``WarmStartSpec.reasoning``)."""
-    if mode != "coords":
+    if mode not in ("coords", "coords_rel", "boxes"):
         return mode
     q = item.meta.get("query") or {}
     ev = item.meta.get("evidence") or []
@@ -143,6 +173,11 @@ def reasoning_for(item: Item, mode: str) -> str:
         return "look"
     axis = _REL_AXIS[q["relation"]]
     a, b = (int(e["bbox"][axis]) // 100 for e in ev[:2])
+    if mode == "coords_rel":
+        return f"{q['relation']} {a} {b}"
+    if mode == "boxes":
+        ba, bb = (e["bbox"] for e in ev[:2])
+        return f"{q['relation']} ({ba[0]},{ba[1]}) ({bb[0]},{bb[1]})"
     return f"a {a} b {b}"
 
 
@@ -189,6 +224,7 @@ def build_base_model(spec: WarmStartSpec, data: DataSpec, measure: bool = True) 
     }
     if measure:
         held = data.generate(spec.eval_items, split="val")
-        report["hint_ability"] = hint_ability(model, processor, held, oracle_hints(held))
+        report["hint_ability"] = hint_ability(model, processor, held, oracle_hints(held),
+                                             max_new_tokens=spec.eval_max_new_tokens, reasoning=spec.reasoning)
     report["time_s"] = time.perf_counter() - t0
     return model, processor, report

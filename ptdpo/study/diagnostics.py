@@ -9,6 +9,7 @@ and the margin log p(gold) - log p(wrong) grows.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ from ptdpo.models.multimodal import completion_logprobs, encode_prompts
 from ptdpo.prompts import build_messages
 from ptdpo.rollout.records import collate_completions
 from ptdpo.sft import format_target
-from ptdpo.study.base_model import reasoning_for
+from ptdpo.study.base_model import reasoning_for, think_of
 
 _FLIP = {"yes": "no", "no": "yes"}
 
@@ -62,3 +63,27 @@ def teacher_signal(model, processor, items: Sequence[Item], hints: dict[str, Hin
     out["frac_hint_margin_positive"] = mean([float(m > 0) for m in sums["margin_hint"]])
     out["frac_student_margin_positive"] = mean([float(m > 0) for m in sums["margin_student"]])
     return out
+
+
+_CORNER = re.compile(r"\((\d+),(\d+)\)")
+
+
+def box_reasoning_error(responses: Sequence[str], items: Sequence[Item]) -> dict[str, float]:
+    """How well think blocks of the ``"boxes"`` form ("left of (x,y) (x,y)") locate the two objects of
+    spatial relation items, answer-free (no hint in the prompt): the share of responses with two corners,
+    the share whose think block is exactly the target, and the mean absolute error of the corner
+    coordinates (0..1000 scale; 333 is what uniform guessing gives) over the responses that have them.
+    This is where PTD's teacher (which reads the boxes off the hint) knows more than the student."""
+    parsed, exact, errs = 0, 0, []
+    for text, it in zip(responses, items):
+        target = reasoning_for(it, "boxes")
+        think = think_of(text) or ""
+        exact += think == target
+        got = _CORNER.findall(think)
+        if len(got) >= 2:
+            parsed += 1
+            want = _CORNER.findall(target)
+            errs += [abs(int(g) - int(w)) for gc, wc in zip(got[:2], want) for g, w in zip(gc, wc)]
+    n = max(len(items), 1)
+    return {"think_parsed": parsed / n, "think_exact": exact / n,
+            "corner_abs_error": float(sum(errs) / len(errs)) if errs else float("nan"), "n": len(items)}
