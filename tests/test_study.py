@@ -118,6 +118,24 @@ def test_boxes_reasoning_is_copied_from_the_hint_and_decides_the_relation():
     assert decided >= 0.9 * sum(it.meta["query"]["type"] == "relation" for it in items)
 
 
+def test_box_reasoning_error_exact_malformed_and_clipped():
+    from ptdpo.study.base_model import DataSpec, reasoning_for
+    from ptdpo.study.diagnostics import box_reasoning_error
+
+    items = [it for it in DataSpec(families=["spatial"], difficulty=[2, 2]).generate(20, split="warm")
+             if it.meta["query"]["type"] == "relation"][:3]
+    gold = [f"<think>{reasoning_for(it, 'boxes')}</think><answer>{it.answer}</answer>" for it in items]
+    assert box_reasoning_error(gold, items) == {"think_parsed": 1.0, "think_exact": 1.0, "corner_abs_error": 0.0, "n": 3}
+    rel = items[0].meta["query"]["relation"]
+    wrong = [gold[0], "<think>left of56)56)</think><answer>no</answer>",
+             f"<think>{rel} (99999999,0) (0,0)</think><answer>no</answer>"]
+    r = box_reasoning_error(wrong, items)
+    assert r["think_parsed"] == 2 / 3 and r["think_exact"] == 1 / 3
+    want = [int(v) for c in re.findall(r"\((\d+),(\d+)\)", reasoning_for(items[2], "boxes")) for v in c]
+    clipped = [abs(1000 - want[0])] + [abs(0 - w) for w in want[1:]]
+    assert r["corner_abs_error"] == pytest.approx(sum(clipped) / 8) and r["corner_abs_error"] <= 1000
+
+
 # ---------------------------------------------------------------------------------------- tracking
 class _R:
     def __init__(self, item_index, accuracy, ptd=False):

@@ -72,7 +72,7 @@ def box_reasoning_error(responses: Sequence[str], items: Sequence[Item]) -> dict
     """How well think blocks of the ``"boxes"`` form ("left of (x,y) (x,y)") locate the two objects of
     spatial relation items, answer-free (no hint in the prompt): the share of responses with two corners,
     the share whose think block is exactly the target, and the mean absolute error of the corner
-    coordinates (0..1000 scale; 333 is what uniform guessing gives) over the responses that have them.
+    coordinates (0..1000 scale, guesses clipped to it; 333 is what uniform guessing gives) over the responses that have them.
     This is where PTD's teacher (which reads the boxes off the hint) knows more than the student."""
     parsed, exact, errs = 0, 0, []
     for text, it in zip(responses, items):
@@ -83,7 +83,9 @@ def box_reasoning_error(responses: Sequence[str], items: Sequence[Item]) -> dict
         if len(got) >= 2:
             parsed += 1
             want = _CORNER.findall(target)
-            errs += [abs(int(g) - int(w)) for gc, wc in zip(got[:2], want) for g, w in zip(gc, wc)]
+            # a drifted policy can write any digit string: clip to the 0..1000 box scale so one such
+            # response counts as one bad guess, not as an error of 10^7
+            errs += [abs(min(int(g), 1000) - int(w)) for gc, wc in zip(got[:2], want) for g, w in zip(gc, wc)]
     n = max(len(items), 1)
     return {"think_parsed": parsed / n, "think_exact": exact / n,
             "corner_abs_error": float(sum(errs) / len(errs)) if errs else float("nan"), "n": len(items)}
