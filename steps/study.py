@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,7 @@ def evaluate_policy(model, processor, items: Sequence[Item], k: int = 4, tempera
     items locate the objects (``diagnostics.box_reasoning_error``: think_exact, corner_abs_error)."""
     from ptdpo.models.multimodal import encode_prompts, generate_completions
     from ptdpo.prompts import build_messages
-    from ptdpo.rewards import score_batch
+    from ptdpo.rewards import extract_answer, normalize_text, score_batch
     from ptdpo.study.base_model import greedy_responses
     from ptdpo.study.diagnostics import box_reasoning_error
 
@@ -134,8 +135,11 @@ def evaluate_policy(model, processor, items: Sequence[Item], k: int = 4, tempera
         lens += [float(n) for n in comp.lengths]
         passk += [float(any(r.accuracy for r in res[j : j + k])) for j in range(0, len(res), k)]
     mean = lambda xs: float(sum(xs) / max(len(xs), 1))  # noqa: E731
+    answers = Counter(normalize_text(extract_answer(t) or "") for t in greedy_texts)
     out = {"greedy_accuracy": mean(greedy), f"avg@{k}": mean(acc), f"pass@{k}": mean(passk),
-           "response_length": mean(lens), "format": mean(fmt), "n": len(items)}
+           "response_length": mean(lens), "format": mean(fmt),
+           # 1.0: one greedy answer for every item, i.e. the policy ignores the image and the question
+           "greedy_top_answer_share": max(answers.values(), default=0) / max(len(items), 1), "n": len(items)}
     if reasoning == "boxes":
         rel = [(t, it) for t, it in zip(greedy_texts, items) if (it.meta.get("query") or {}).get("type") == "relation"]
         box = box_reasoning_error([t for t, _ in rel], [it for _, it in rel])

@@ -212,6 +212,8 @@ def test_study_flow_two_arms_one_seed(tmp_path, monkeypatch):
     ev = d.eval_results
     assert set(ev["arm"]) == {"base", "grpo", "ptd_structured"} and set(ev["split"]) == {"id", "ood"}
     assert ev[ev["metric"] == "greedy_accuracy"]["value"].between(0, 1).all()
+    n_eval = cfg["n_eval"]
+    assert ev[ev["metric"] == "greedy_top_answer_share"]["value"].between(1 / n_eval, 1).all()
     assert len(d.solvable) == 2 and len(d.groups) > 0
     assert "delta_vs_grpo" in d.summary and len(d.final_table) == 6
     from metaflow.cards import get_cards
