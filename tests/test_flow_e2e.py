@@ -222,10 +222,9 @@ def test_tiny_config_runs_the_whole_dag(tmp_path):
     assert_card_has_plot_and_table(run["report"].task, "report", "synthetic_ood", "trained Δabs")
 
 
-def test_failed_train_resumes_from_its_checkpoint(tmp_path):
-    """Train fails after step 2 (its checkpoint saved) with no retries left; ``resume`` clones the steps
-    before train and continues training at step 3 from the origin run's checkpoint."""
-    config = small_config(tmp_path, retry={"train": {"times": 0}})
+def fail_then_resume(tmp_path, config):
+    """Run ``config`` made to fail after training step 2 (no retries left), then ``resume`` it; returns
+    (the failed origin run, the resumed run) once the resume has succeeded."""
     t0 = time.time()
     with runner(tmp_path, config) as r:
         failed = r.run(fail_after_step=2)
@@ -234,16 +233,21 @@ def test_failed_train_resumes_from_its_checkpoint(tmp_path):
     assert failed.status == "failed"
     origin = failed.run
     assert not origin.successful
-    assert "injected failure after step 2" in str(origin["train"].task.exception)
-
     with runner(tmp_path, None) as r:
         resumed = r.resume(origin_run_id=origin.id)
         status, stderr = resumed.status, resumed.stderr
     _restore_typing()
-    t2 = time.time()
-    print(f"\n[timing] failing run: {t1 - t0:.0f}s, resume: {t2 - t1:.0f}s", file=sys.stderr)
+    print(f"\n[timing] failing run: {t1 - t0:.0f}s, resume: {time.time() - t1:.0f}s", file=sys.stderr)
     assert status == "successful", stderr[-4000:]
-    run = resumed.run
+    return origin, resumed.run
+
+
+def test_failed_train_resumes_from_its_checkpoint(tmp_path):
+    """Train fails after step 2 (its checkpoint saved) with no retries left; ``resume`` clones the steps
+    before train and continues training at step 3 from the origin run's checkpoint."""
+    config = small_config(tmp_path, retry={"train": {"times": 0}})
+    origin, run = fail_then_resume(tmp_path, config)
+    assert "injected failure after step 2" in str(origin["train"].task.exception)
     assert run.id != origin.id and run.successful
     # the steps before train were cloned, not re-run
     assert run["audit"].task.metadata_dict.get("origin-run-id") == origin.id
@@ -333,20 +337,7 @@ def test_resumed_multi_node_run_restores_the_origin_checkpoint_on_every_node(tmp
     """A 2-node run fails after step 2 with no retries left; ``resume`` re-runs the gang, and both nodes
     continue from the origin run's node-0 checkpoint."""
     config = small_config(tmp_path, base=TINY_2NODE, retry={"train": {"times": 0}}, train={"max_steps": 3})
-    t0 = time.time()
-    with runner(tmp_path, config) as r:
-        failed = r.run(fail_after_step=2)
-    _restore_typing()
-    t1 = time.time()
-    assert failed.status == "failed"
-    origin = failed.run
-    with runner(tmp_path, None) as r:
-        resumed = r.resume(origin_run_id=origin.id)
-        status, stderr = resumed.status, resumed.stderr
-    _restore_typing()
-    print(f"\n[timing] failing 2-node run: {t1 - t0:.0f}s, resume: {time.time() - t1:.0f}s", file=sys.stderr)
-    assert status == "successful", stderr[-4000:]
-    run = resumed.run
+    origin, run = fail_then_resume(tmp_path, config)
     assert run.successful and run["audit"].task.metadata_dict.get("origin-run-id") == origin.id
     d = run.data
     assert d.nodes_resumed_from == [d.resumed_from] * 2
