@@ -117,14 +117,19 @@ def test_code_package_ships_the_library(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ argo compile
+def compile_argo(s3_env, cwd, config: str | None = None) -> dict:
+    """The Argo WorkflowTemplate of the flow (``argo-workflows create --only-json``), for ``configs/<config>``
+    or the default config."""
+    args = (["--config", "config", str(ROOT / "configs" / config)] if config else []) + [
+        "argo-workflows", "create", "--only-json"]
+    out = flow_cli(args, s3_env, cwd, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return json.loads(out.stdout[out.stdout.index("{"):])
+
+
 @pytest.fixture(scope="module")
 def argo_2b(s3_env, tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("argo")
-    out = flow_cli(["--config", "config", str(ROOT / "configs" / "qwen3vl-2b.json"),
-                    "argo-workflows", "create", "--only-json"], s3_env, cwd, timeout=300)
-    assert out.returncode == 0, out.stderr[-4000:]
-    start = out.stdout.index("{")
-    return json.loads(out.stdout[start:])
+    return compile_argo(s3_env, tmp_path_factory.mktemp("argo"), "qwen3vl-2b.json")
 
 
 def _templates(wf: dict) -> dict[str, dict]:
@@ -228,11 +233,7 @@ def test_single_node_config_takes_the_one_node_branch(argo_2b):
 
 @pytest.fixture(scope="module")
 def argo_2node(s3_env, tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("argo2")
-    out = flow_cli(["--config", "config", str(ROOT / "configs" / "qwen3vl-8b-2node.json"),
-                    "argo-workflows", "create", "--only-json"], s3_env, cwd, timeout=300)
-    assert out.returncode == 0, out.stderr[-4000:]
-    return json.loads(out.stdout[out.stdout.index("{"):])
+    return compile_argo(s3_env, tmp_path_factory.mktemp("argo2"), "qwen3vl-8b-2node.json")
 
 
 def test_two_node_config_compiles_train_nodes_to_a_jobset(argo_2node):
@@ -295,9 +296,7 @@ def test_two_node_config_compiles_train_nodes_to_a_jobset(argo_2node):
 
 
 def test_tiny_config_compiles_without_gpus_or_schedule(s3_env, tmp_path):
-    out = flow_cli(["argo-workflows", "create", "--only-json"], s3_env, tmp_path, timeout=300)
-    assert out.returncode == 0, out.stderr[-4000:]
-    wf = json.loads(out.stdout[out.stdout.index("{"):])
+    wf = compile_argo(s3_env, tmp_path)
     assert "metaflow/cron" not in wf["metadata"].get("annotations", {})
     for t in _templates(wf).values():
         assert (t["container"]["resources"].get("limits") or {}).get("nvidia.com/gpu", "0") == "0"

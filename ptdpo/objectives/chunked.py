@@ -93,6 +93,12 @@ def _accumulate_linear_grads(
         grad_bias.add_(grad_z.sum(0).to(grad_bias.dtype))
 
 
+def _to_param_dtypes(grad_weight, grad_bias, weight, bias):
+    """The accumulated (float32 or wider) weight and bias gradients, cast back to their parameters' dtypes."""
+    return (None if grad_weight is None else grad_weight.to(weight.dtype),
+            None if grad_bias is None else grad_bias.to(bias.dtype))
+
+
 def _grad_buffers(ctx, hidden, weight, bias, idx_h: int, idx_w: int, idx_b: int):
     grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[idx_h] else None
     # Accumulate the weight gradient over chunks in float32 at least (bf16 accumulation of
@@ -186,10 +192,7 @@ class _ChunkedTopKDivergence(torch.autograd.Function):
                 if temperature != 1.0:
                     gz.div_(temperature)
                 _accumulate_linear_grads(gz, rows, s_hidden, s_weight, grad_hidden, grad_weight, grad_bias)
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(s_weight.dtype)
-        if grad_bias is not None:
-            grad_bias = grad_bias.to(s_bias.dtype)
+        grad_weight, grad_bias = _to_param_dtypes(grad_weight, grad_bias, s_weight, s_bias)
         return (grad_hidden, grad_weight, grad_bias) + (None,) * 10
 
 
@@ -313,10 +316,7 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
                 if temperature != 1.0:
                     gz.div_(temperature)
                 _accumulate_linear_grads(gz, rows, hidden, weight, grad_hidden, grad_weight, grad_bias)
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
-        if grad_bias is not None:
-            grad_bias = grad_bias.to(bias.dtype)
+        grad_weight, grad_bias = _to_param_dtypes(grad_weight, grad_bias, weight, bias)
         return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
 
