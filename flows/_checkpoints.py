@@ -217,12 +217,12 @@ def train_with_checkpoints(current: Any, cfg: dict, items: list, hints_table: An
     nodes with ``gang``: one torchrun agent per node, ``max(gpu, 1)`` processes each), saving every
     checkpoint rank 0 writes through ``@checkpoint``. Returns ``steps.train.TrainOutput``; None on the
     nodes other than node 0."""
-    from _common import ptd_needs_hints
+    from _common import uses_hints
 
     from steps.audit import usable_hints
     from steps.train import launch_torchrun, run_training, write_job
 
-    hints = usable_hints(hints_table.to_dict("records"), verdicts) if ptd_needs_hints(cfg["train"]) else {}
+    hints = usable_hints(hints_table.to_dict("records"), verdicts) if uses_hints(cfg) else {}
     out_dir = Path(tempfile.mkdtemp(prefix="ptdpo-train-"))
     on_checkpoint = checkpoint_saver(current, out_dir / "staging")
     gpus = int(cfg["resources"]["train"].get("gpu") or 0)

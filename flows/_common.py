@@ -144,11 +144,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- checks
-def ptd_needs_hints(train: dict[str, Any]) -> bool:
-    """Whether the training objective reads hints (PTD on, lambda > 0, teacher sees the hint)."""
-    ptd = train.get("ptd") or {}
-    return bool(ptd.get("enabled", True)) and float(ptd.get("lambda_ptd", 0.05)) > 0 and \
-        ptd.get("teacher_context", "hint") == "hint"
+def uses_hints(cfg: dict[str, Any]) -> bool:
+    """Whether this run generates and audits hints: asked of the typed training config
+    (``PTDConfig.uses_hints``), the one place that decides it."""
+    from ptdpo.config import train_config_from_dict
+
+    return train_config_from_dict(copy.deepcopy(cfg["train"])).ptd.uses_hints
 
 
 def check_config(cfg: dict[str, Any]) -> None:
@@ -170,10 +171,11 @@ def check_config(cfg: dict[str, Any]) -> None:
         problems.append(f"project: {project!r} must be lower-case letters, digits and '_' (it names deployments)")
 
     # train: the trainer's own schema
+    train_cfg = None
     try:
         from ptdpo.config import train_config_from_dict
 
-        train_config_from_dict(copy.deepcopy(cfg.get("train", {})))
+        train_cfg = train_config_from_dict(copy.deepcopy(cfg.get("train", {})))
     except Exception as e:  # noqa: BLE001
         problems.append(f"train: {e}")
 
@@ -206,7 +208,7 @@ def check_config(cfg: dict[str, Any]) -> None:
         floor = (hints.get("audit") or {}).get("floor", 0.0)
         if not isinstance(floor, int | float) or not 0 <= floor <= 1:
             problems.append(f"hints.audit.floor: must be in [0, 1], got {floor!r}")
-    elif ptd_needs_hints(cfg.get("train", {})):
+    elif train_cfg is not None and train_cfg.ptd.uses_hints:
         problems.append("hints: missing, but train.ptd uses hints (teacher_context 'hint')")
 
     # eval

@@ -50,13 +50,13 @@ from _common import (  # noqa: E402
     hint_generator_config,
     hints_table,
     parse_config,
-    ptd_needs_hints,
     ptdpo_platform,
     run_workers_with_this_python,
     step_resources,
     step_retry,
     step_timeout,
     train_nodes,
+    uses_hints,
 )
 from metaflow import (  # noqa: E402
     Config,
@@ -140,7 +140,7 @@ class PTDPOFlow(FlowSpec):
         cfg = self.config.to_dict()
         self.shard = self.input
         items = shard_items(self.train_items, len(self.hint_shards))[self.shard]
-        if ptd_needs_hints(cfg["train"]):
+        if uses_hints(cfg):
             self.shard_hints, failures = generate_hints_shard(
                 items, hint_generator_config(cfg), hint_cache_dir(cfg, current), shard_index=self.shard
             )
@@ -171,7 +171,7 @@ class PTDPOFlow(FlowSpec):
         from steps.audit import run_audit
 
         cfg = self.config.to_dict()
-        if ptd_needs_hints(cfg["train"]):
+        if uses_hints(cfg):
             try:
                 self.audit_verdicts, self.audit_report = run_audit(
                     self.train_items, self.hints.to_dict("records"), audit_run_config(cfg)

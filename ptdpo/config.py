@@ -64,6 +64,24 @@ class PTDConfig:
     # no distillation, separating the effect of KL masking from that of the hint teacher.
     mask_only: bool = False
 
+    # The one home of "what does PTD do in this run": the flow (hint generation, audit), the trainer (mask,
+    # teacher forward) and the study all ask these three, never the raw fields.
+    @property
+    def selects_rollouts(self) -> bool:
+        """The PTD mask is computed: to distill, or (``mask_only``) to switch the reference KL off there."""
+        return self.enabled and (self.lambda_ptd > 0 or self.mask_only)
+
+    @property
+    def distills(self) -> bool:
+        """The PTD loss is applied (not for baselines, nor the KL-masking-only ablation)."""
+        return self.selects_rollouts and self.lambda_ptd > 0 and not self.mask_only
+
+    @property
+    def uses_hints(self) -> bool:
+        """The run needs audited hints: PTD selects rollouts by "has a usable hint" (teacher context
+        ``hint``). True for ``mask_only`` too: its mask is the one PTD would use."""
+        return self.selects_rollouts and self.teacher_context == "hint"
+
 
 @dataclass
 class TrainConfig:
@@ -133,14 +151,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @property
-    def distills(self) -> bool:
-        """True when the PTD loss is applied (not for baselines, nor the KL-masking-only ablation)."""
-        return self.ptd.enabled and self.ptd.lambda_ptd > 0 and not self.ptd.mask_only
-
-    @property
     def needs_reference(self) -> bool:
         """A frozen reference model is needed: as the PTD teacher, or for the KL term."""
-        return (self.distills and self.ptd.teacher == "ref") or bool(self.kl_coef)
+        return (self.ptd.distills and self.ptd.teacher == "ref") or bool(self.kl_coef)
 
 
 def _check(c: TrainConfig) -> None:

@@ -309,8 +309,7 @@ class Trainer:
         acc = torch.tensor([r.accuracy for r in rollouts])
         has_ctx = torch.tensor([self.has_teacher_context(self.items[r.item_index]) for r in rollouts])
         truncated = torch.tensor([r.truncated for r in rollouts])
-        ptd_on = cfg.ptd.enabled and (cfg.ptd.lambda_ptd > 0 or cfg.ptd.mask_only)
-        if ptd_on:
+        if cfg.ptd.selects_rollouts:
             pm = ptd_mask(
                 acc,
                 groups,
@@ -323,7 +322,7 @@ class Trainer:
         else:
             pm = torch.zeros(len(rollouts), dtype=torch.bool)
         kl_off = ref_kl_group_mask(pm, groups) if cfg.ptd.mask_ref_kl_on_ptd_groups else torch.zeros_like(pm)
-        distill = not cfg.ptd.mask_only
+        distill = cfg.ptd.distills
         for i, r in enumerate(rollouts):
             r.advantage = float(adv[i])
             r.ptd = distill and bool(pm[i]) and (r.in_pg or cfg.ptd.ptd_on_filtered_groups)

@@ -286,7 +286,7 @@ def test_kl_masking_with_and_without_distillation(tiny_policy, mask_only):
     rollouts = trainer.collect()
     assert not any(r.ref_kl for r in rollouts)  # every group fails: all would get PTD
     assert all(r.ptd for r in rollouts) != mask_only
-    assert cfg.distills != mask_only
+    assert cfg.ptd.distills != mask_only
 
 
 def test_epochs_set_the_step_count_and_long_prompts_are_named(tiny_policy):

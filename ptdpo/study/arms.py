@@ -80,8 +80,7 @@ def check_study_config(cfg: dict[str, Any]) -> None:
         except Exception as e:  # noqa: BLE001 - collect them all
             problems.append(str(e))
             continue
-        if tc.ptd.enabled and tc.ptd.teacher_context == "hint" and (tc.ptd.lambda_ptd > 0 or getattr(tc.ptd, "mask_only", False)) \
-                and not spec.get("hints"):
+        if tc.ptd.uses_hints and not spec.get("hints"):
             problems.append(f"arms.{arm}: PTD with teacher_context 'hint' needs hints (set arms.{arm}.hints)")
     if problems:
         raise StudyConfigError("study config:\n- " + "\n- ".join(problems))
