@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ptdpo.answers.words import CHOICE_LETTERS
 from ptdpo.data.schema import Item
 
 SYSTEM_PROMPT = "You are a careful visual reasoner."
@@ -16,7 +17,6 @@ FORMAT_INSTRUCTION = (
     "Think step by step inside <think> </think> tags, then give the final answer inside "
     "<answer> </answer> tags."
 )
-CHOICE_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def format_question(item: Item) -> str:

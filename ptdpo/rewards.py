@@ -71,6 +71,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ptdpo.answers.words import CHOICE_LETTERS, NUMBER_WORDS
+
 __all__ = [
     "ANSWER_TYPES",
     "RewardResult",
@@ -94,7 +96,6 @@ DEFAULT_TIMEOUT_S = 5.0
 MAX_TEXT_CHARS = 200_000  # longer outputs: only the tail is searched for an answer
 MAX_ANSWER_CHARS = 400  # longer extracted answers are compared as strings only, never parsed
 MAX_BARE_CHARS = 64  # rule 4 of extract_answer: a bare answer is one line at most this long
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _SPECIAL_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
 
 
@@ -307,13 +308,6 @@ def check_format(text: Any, think_prefilled: bool = False) -> tuple[bool, str]:
 _ARTICLES = {"a", "an", "the"}
 _PUNCT_RE = re.compile(r"[^\w\s]", re.UNICODE)
 _PREFIX_RE = re.compile(r"^(?:the\s+)?(?:final\s+)?(?:answer|result)\s*(?:is|:)\s*", re.IGNORECASE)
-_NUMBER_WORDS = {
-    w: i
-    for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-        "sixteen seventeen eighteen nineteen twenty".split()
-    )
-}
 
 
 _NUM_TOKEN_RE = re.compile(r"-?\d+(?:[.,/]\d+)*")
@@ -365,7 +359,7 @@ def _letters_in(s: str, n_choices: int | None, strict_case: bool) -> frozenset[s
     s = _PREFIX_RE.sub("", _strip_latex_text(s)).strip().rstrip(".").strip()
     if not s:
         return None
-    valid = LETTERS[:n_choices] if n_choices else LETTERS
+    valid = CHOICE_LETTERS[:n_choices] if n_choices else CHOICE_LETTERS
     for i, form in enumerate(_LETTER_FORMS):
         m = form.match(s)
         if m:
@@ -387,7 +381,7 @@ def _gold_letters(gold: str, choices: Sequence[str] | None) -> frozenset[str] | 
     if letters is None and choices:
         idx = _option_index(gold, choices, math=False)
         if idx is not None:
-            letters = frozenset(LETTERS[idx])
+            letters = frozenset(CHOICE_LETTERS[idx])
     return letters
 
 
@@ -416,8 +410,8 @@ def _looks_mathy(s: str) -> bool:
 
 def _number_word(s: str) -> int | None:
     words = normalize_text(s).split()
-    if len(words) == 1 and words[0] in _NUMBER_WORDS:
-        return _NUMBER_WORDS[words[0]]
+    if len(words) == 1 and words[0] in NUMBER_WORDS:
+        return NUMBER_WORDS[words[0]]
     return None
 
 
@@ -832,7 +826,7 @@ def _match(pred, gold, choices, answer_type, precision, timeout_s) -> tuple[bool
                 for math_ok, how in ((False, "choice_text"), (True, "choice_math")):
                     idx = _option_index(pred_s, choices, math=math_ok, timeout_s=timeout_s)
                     if idx is not None:
-                        ok = frozenset(LETTERS[idx]) == gold_letters
+                        ok = frozenset(CHOICE_LETTERS[idx]) == gold_letters
                         return (True, how) if ok else (False, "wrong_choice")
             return False, "choice_unresolved"
         if answer_type == "choice":

@@ -50,8 +50,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ptdpo.answers.words import CHOICE_LETTERS
 from ptdpo.data.schema import (
-    CHOICE_LETTERS,
     Item,
     ItemError,
     find_problems,

@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ImageRef = bytes | str
+from ptdpo.answers.words import CHOICE_LETTERS
 
-CHOICE_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+ImageRef = bytes | str
 
 
 class ItemError(ValueError):

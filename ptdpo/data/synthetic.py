@@ -43,7 +43,8 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
-from ptdpo.data.schema import CHOICE_LETTERS, Item
+from ptdpo.answers.words import CHOICE_LETTERS, NUMBER_WORDS, QUANTITY_WORDS
+from ptdpo.data.schema import Item
 
 GENERATOR_VERSION = "synthetic-v1"
 
@@ -74,12 +75,9 @@ HELD_OUT: frozenset[tuple[str, str]] = frozenset(
 )
 CONFUSABLE = {"red": "orange", "orange": "red", "yellow": "orange", "blue": "purple", "purple": "blue"}
 
-NUMBER_WORDS = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-    "sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred "
-    "once twice single double pair couple dozen none"
-).split()
-_NUMBER_RE = re.compile(r"\d|\b(" + "|".join(NUMBER_WORDS) + r")\b", re.IGNORECASE)
+_NUMBER_RE = re.compile(
+    r"\d|\b(" + "|".join([*NUMBER_WORDS, "hundred", *QUANTITY_WORDS]) + r")\b", re.IGNORECASE
+)
 
 _BASE_OBJECTS = {1: 3, 2: 5, 3: 7, 4: 9, 5: 11}
 _OOD_EXTRA_OBJECTS = 4

@@ -62,10 +62,10 @@ from dataclasses import asdict, astuple, dataclass, field, fields
 from fractions import Fraction
 from typing import Any
 
+from ptdpo.answers.words import CHOICE_LETTERS
 from ptdpo.data.schema import Item
 from ptdpo.hints.numbers import Mention, Target, answer_targets, find_mentions, raw_numbers, values_match
 from ptdpo.hints.schema import UNSTRUCTURED, Hint, HintError
-from ptdpo.prompts import CHOICE_LETTERS
 
 REASONS = (
     "answer_string",

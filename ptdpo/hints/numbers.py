@@ -29,23 +29,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-UNITS = {
-    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
-    "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,
-    "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19,
-}
-TENS = {
-    "twenty": 20, "thirty": 30, "forty": 40, "fourty": 40, "fifty": 50, "sixty": 60, "seventy": 70,
-    "eighty": 80, "ninety": 90,
-}
-SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000}
-DENOMINATORS = {
-    "half": 2, "halves": 2, "third": 3, "thirds": 3, "quarter": 4, "quarters": 4, "fourth": 4, "fourths": 4,
-    "fifth": 5, "fifths": 5, "sixth": 6, "sixths": 6, "seventh": 7, "sevenths": 7, "eighth": 8, "eighths": 8,
-    "ninth": 9, "ninths": 9, "tenth": 10, "tenths": 10, "twelfth": 12, "twelfths": 12,
-    "hundredth": 100, "hundredths": 100,
-}
-NUMBER_WORDS = {**UNITS, **TENS}
+from ptdpo.answers.words import DENOMINATORS, NUMBER_WORDS, SCALES, TENS, UNITS
+
 _ONE_IDIOM_BEFORE = {"the", "each", "which", "that", "this", "any", "every", "no", "another", "some", "a"}
 _ONE_IDIOM_AFTER = {"of", "another", "by", "side", "hand", "way", "point", "day"}
 

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from ptdpo.answers.words import CHOICE_LETTERS
 from ptdpo.data.schema import Item, ItemError
 from ptdpo.hints.schema import UNSTRUCTURED, Hint, Region
-from ptdpo.prompts import CHOICE_LETTERS, build_messages
+from ptdpo.prompts import build_messages
 
 BoxStyle = Literal["qwen", "plain"]
 Context = Literal["hint", "answer", "solution"]
