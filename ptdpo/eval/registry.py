@@ -47,7 +47,7 @@ class BenchmarkSpec:
 
     - ``dataset``: the loader spec (``ptdpo.data.loaders.DatasetSpec`` keys). Relative paths are resolved
       against ``base_dir`` when loading.
-    - ``answer_type``: how answers are compared (``ptdpo.rewards.match_answer``); ``auto`` decides per
+    - ``answer_type``: how answers are compared (``ptdpo.answers.match_answer``); ``auto`` decides per
       item (options or a letter gold -> choice, a digit/LaTeX/operator -> math, else free text).
     - ``prompt_template``: ``str.format`` template for the question text shown to the model, over
       ``question`` and the item's ``meta`` keys (missing keys render empty); ``show_choices``: append the
