@@ -152,8 +152,6 @@ def _judge_math(gold: str, pred: str, precision: int | None) -> tuple[bool, str]
     return False, "mismatch"
 
 
-
-
 def _value_of(expr: str) -> float | None:
     """The numeric value of a LaTeX or plain expression (``2\\sqrt{3}``, ``$\\pi/4$``), or None. A LaTeX
     expression without dollars is read as inline math; the first reading that is a number counts."""

@@ -50,6 +50,12 @@ collisions, e.g. "each number on the dial is five minutes" when the minute hand 
 Known blind spots (semantic leaks without a value): paraphrased option text ("a cylinder-shaped blue
 object" for "blue cylinder"), names of the decisive entities ("Chile, Peru, Kenya and Vietnam are above
 the line"), and pronoun assertions ("it is indeed left of it").
+
+What the checks compare against (:class:`ItemFacts`, in ``ptdpo.hints.facts``) is computed once per item.
+The correct option is the one ``ptdpo.answers.gold_choice`` names, as for the reward, so a gold answer
+written as the option's text ("The cube") is checked for its letter too. Values of expressions
+("$\\sqrt{12}$") come from the shared math-verify judge with its deadline (``math_timeout_s``): an
+expression that would take hours to evaluate counts as no value instead of hanging the audit.
 """
 
 from __future__ import annotations
@@ -131,8 +137,6 @@ def _mentions_value(mentions: Iterable[Mention], targets: Sequence[Target]) -> M
         if any(values_match(m, t) for t in targets):
             return m
     return None
-
-
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,7 +234,6 @@ _WORKED = re.compile(
     rf"\d\s*{_OP}\s*\(?\s*\d[^=\n]{{0,25}}=\s*[-−]?\s*\d|=\s*[-−]?\d[\d.\s]*{_OP}[^=\n]{{0,20}}=\s*[-−]?\s*\d"
 )
 _EQUATION = re.compile(r"=\s*[-−]?\s*(?:\d|\\frac|\\sqrt)")
-
 
 
 def _check_text(ctx: _Ctx, where: str, text: str) -> None:

@@ -66,6 +66,7 @@ _STOP = set(
 
 
 def norm(s: str) -> str:
+    """Lower case, single spaces, without ``$``, a ``\\boxed{}`` around it, ``\\text{}`` or a final full stop."""
     s = s.strip().strip("$").strip()
     s = re.sub(r"^\\boxed\{(.*)\}$", r"\1", s)
     s = re.sub(r"\\text\{([^}]*)\}", r"\1", s)
@@ -83,6 +84,7 @@ def phrase_regex(phrase: str) -> re.Pattern[str] | None:
 
 
 def math_form(s: str) -> str:
+    """A LaTeX expression written one way (``√3``, ``\\sqrt 3`` and ``\\sqrt{3}`` alike), to find it in text."""
     s = s.replace("√", "\\sqrt").replace("π", "\\pi").replace("·", "\\cdot")
     s = re.sub(r"\\sqrt\s*(\d+)", r"\\sqrt{\1}", s)
     s = re.sub(r"\\[dt]frac", r"\\frac", s)
@@ -91,6 +93,9 @@ def math_form(s: str) -> str:
 
 @dataclass
 class ItemFacts:
+    """What the audit checks a hint against. ``choice_*`` describe the correct option when the answer names
+    exactly one (``gold_choice``); ``math_gold`` is the answer's value when it is not a plain rational."""
+
     item_id: str
     answer: str
     answer_norm: str
@@ -118,7 +123,6 @@ class ItemFacts:
     solution_trigrams: set[tuple[str, ...]] = field(default_factory=set)
 
 
-
 def _lemma(w: str) -> str:
     w = w.lower()
     for suf in ("ies", "es", "s"):
@@ -139,7 +143,6 @@ def trigrams(text: str) -> set[tuple[str, ...]]:
     return {tuple(words[i:i + 3]) for i in range(len(words) - 2)}
 
 
-
 def expression_value(expr: str, config: AuditConfig) -> float | None:
     """The numeric value of a LaTeX or plain expression (``2\\sqrt{3}``), or None: unparsable, too long,
     not a number, or not known within ``config.math_timeout_s``."""
@@ -153,7 +156,6 @@ def option_regex(text: str) -> re.Pattern[str] | None:
     if len(t) == 1 and text.strip().isalpha():  # options that are single letters ("P", "T"): case-sensitive
         return re.compile(rf"(?<![\w'’]){re.escape(text.strip())}(?![\w'’])")
     return phrase_regex(t) if len(t) >= 2 else None
-
 
 
 def _alternatives(stem: str) -> list[str]:
