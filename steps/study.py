@@ -113,9 +113,10 @@ def evaluate_policy(model, processor, items: Sequence[Item], k: int = 4, tempera
     (tokens, sampled) and format rate (sampled) on ``items``, answer-free prompts. With ``reasoning ==
     "boxes"`` (the base model's think form), also how well the greedy think blocks of the spatial relation
     items locate the objects (``diagnostics.box_reasoning_error``: think_exact, corner_abs_error)."""
+    from ptdpo.answers import extract_answer, normalize_text
     from ptdpo.models.multimodal import encode_prompts, generate_completions
     from ptdpo.prompts import build_messages
-    from ptdpo.rewards import extract_answer, normalize_text, score_batch
+    from ptdpo.rewards import score_batch
     from ptdpo.study.base_model import greedy_responses
     from ptdpo.study.diagnostics import box_reasoning_error
 

@@ -9,11 +9,11 @@ from collections import Counter
 
 import pytest
 
+from ptdpo.answers import CHOICE_LETTERS
 from ptdpo.data.schema import Item
 from ptdpo.data.synthetic import FAMILIES, generate_synthetic
 from ptdpo.hints import FAILED, OK, audit_batch, render_hint, run_generation
 from ptdpo.hints.oracle import OracleGenerator
-from ptdpo.prompts import CHOICE_LETTERS
 
 N_ITEMS = 1000
 # Independent of the audit's own number finder: any digit or number word in the text (boxes removed).

@@ -9,18 +9,9 @@ import time
 
 import pytest
 
+from ptdpo.answers import answers_match, extract_answer, match_answer, normalize_text, set_math_backend
 from ptdpo.data.schema import Item
-from ptdpo.rewards import (
-    RewardResult,
-    answers_match,
-    check_format,
-    extract_answer,
-    match_answer,
-    normalize_text,
-    score_batch,
-    score_response,
-    set_math_backend,
-)
+from ptdpo.rewards import RewardResult, check_format, score_batch, score_response
 
 # --------------------------------------------------------------------------------------- extraction table
 
@@ -336,16 +327,16 @@ def test_score_batch_from_several_threads_at_once():
 
 
 def test_process_worker_survives_and_is_replaced_after_kill():
-    from ptdpo import rewards
+    from ptdpo.answers import judge as math_judge
 
-    assert rewards.answers_match("0.5", "1/2")
-    judge = rewards._judge()
-    if isinstance(judge, rewards._ProcessJudge):
+    assert answers_match("0.5", "1/2")
+    judge = math_judge._judge()
+    if isinstance(judge, math_judge._ProcessJudge):
         for w in list(judge._all):
             os.kill(w.proc.pid, 9)
         time.sleep(0.1)
-        rewards._CACHE.clear()
-        assert rewards.answers_match("0.75", "3/4")
+        math_judge._CACHE.clear()
+        assert answers_match("0.75", "3/4")
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

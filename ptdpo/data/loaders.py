@@ -50,6 +50,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ptdpo.answers.choices import ANSWER_FORMATS, gold_choice, option_hits
 from ptdpo.answers.words import CHOICE_LETTERS
 from ptdpo.data.schema import (
     Item,
@@ -61,7 +62,6 @@ from ptdpo.data.schema import (
 
 FORMATS = ("jsonl", "parquet", "hf", "hf_disk", "synthetic")
 ITEM_FIELDS = ("id", "images", "question", "answer", "choices", "solution", "source", "split", "meta")
-ANSWER_FORMATS = ("auto", "letter", "text", "index")
 
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 
@@ -247,28 +247,20 @@ def _parse_choices(v: Any, item_id: str | None, where: str, column: str) -> list
 
 
 def _normalise_answer(answer: str, choices: list[str] | None, fmt: str, item_id: str | None, where: str) -> str:
+    """The option letter a multiple-choice answer names, read the way rewards and the audit read it
+    (:func:`ptdpo.answers.gold_choice`: a letter, an option's text such as "The cube", or an index)."""
     if not choices:
         return answer
-    letters = CHOICE_LETTERS[: len(choices)]
     a = answer.strip()
-    a_letter = a.rstrip(".)").lstrip("(").upper()
-    if fmt in ("auto", "letter") and len(a_letter) == 1 and a_letter in letters:
-        return a_letter
-    if fmt in ("auto", "text"):
-        hits = [i for i, c in enumerate(choices) if c.strip() == a]
-        if not hits:
-            hits = [i for i, c in enumerate(choices) if c.strip().casefold() == a.casefold()]
-        if len(hits) == 1:
-            return letters[hits[0]]
-        if len(hits) > 1:
-            raise ItemError(item_id, "answer", f"{a!r} matches several options", where)
+    options = gold_choice(a, choices, fmt)
+    if options is not None and len(options) == 1:
+        return CHOICE_LETTERS[next(iter(options))]
+    if options is not None:
+        named = ", ".join(CHOICE_LETTERS[i] for i in sorted(options))
+        raise ItemError(item_id, "answer", f"{a!r} names several options ({named}); an item has one answer", where)
+    if fmt in ("auto", "text") and len(option_hits(a, choices)) > 1:
+        raise ItemError(item_id, "answer", f"{a!r} matches several options", where)
     if fmt == "index":
-        try:
-            i = int(float(a))
-        except ValueError:
-            i = -1
-        if 0 <= i < len(choices):
-            return letters[i]
         raise ItemError(item_id, "answer", f"{a!r} is not an option index 0..{len(choices) - 1}", where)
     expected = {"auto": "an option letter or an option's text", "letter": "an option letter",
                 "text": "an option's text"}[fmt]

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ptdpo.answers.choices import gold_choice, text_choice
 from ptdpo.answers.words import CHOICE_LETTERS
 
 ImageRef = bytes | str
@@ -105,9 +106,11 @@ class Item:
 
     @property
     def answer_text(self) -> str:
-        """The answer as option text for multiple-choice items (``answer`` is the letter), else ``answer``."""
-        if self.choices and len(self.answer) == 1 and self.answer in CHOICE_LETTERS[: len(self.choices)]:
-            return self.choices[CHOICE_LETTERS.index(self.answer)]
+        """The answer as option text for multiple-choice items (``answer`` names one option), else ``answer``."""
+        options = gold_choice(self.answer, self.choices) if self.choices else None
+        if options and len(options) == 1:
+            (idx,) = options
+            return self.choices[idx]
         return self.answer
 
 
@@ -192,7 +195,7 @@ def item_problems(item: Any, check_images: bool = True, where: str | None = None
             letters = CHOICE_LETTERS[: len(ch)]
             if not (len(item.answer) == 1 and item.answer in letters):
                 hint = ""
-                if item.answer.strip() in [c.strip() for c in ch]:
+                if text_choice(item.answer, ch) is not None:
                     hint = " (it is an option text: give the letter, or load with answer_format 'text')"
                 bad("answer", f"must be an option letter {letters[0]}-{letters[-1]} for a multiple-choice "
                               f"item, got {_short(item.answer)}{hint}")

@@ -6,7 +6,7 @@ Importing this package is cheap: torch, transformers and vLLM load only when a b
 
 See ``registry`` (declarative benchmark specs), ``generation`` (transformers / vLLM backends),
 ``metrics`` (avg@k, unbiased pass@k, tables) and ``runner`` (one model x benchmarks, crash-isolated).
-Answer extraction and math-aware matching live in ``ptdpo.rewards`` (the same code as the RL reward).
+Answer extraction and math-aware matching live in ``ptdpo.answers`` (the same code as the RL reward).
 """
 
 from ptdpo.eval.generation import (

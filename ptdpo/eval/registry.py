@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ptdpo.answers.choices import gold_choice
+from ptdpo.answers.words import CHOICE_LETTERS
 from ptdpo.data.schema import Item
 
 ANSWER_TYPES = ("auto", "number", "expression", "choice", "text")
@@ -47,7 +49,7 @@ class BenchmarkSpec:
 
     - ``dataset``: the loader spec (``ptdpo.data.loaders.DatasetSpec`` keys). Relative paths are resolved
       against ``base_dir`` when loading.
-    - ``answer_type``: how answers are compared (``ptdpo.rewards.match_answer``); ``auto`` decides per
+    - ``answer_type``: how answers are compared (``ptdpo.answers.match_answer``); ``auto`` decides per
       item (options or a letter gold -> choice, a digit/LaTeX/operator -> math, else free text).
     - ``prompt_template``: ``str.format`` template for the question text shown to the model, over
       ``question`` and the item's ``meta`` keys (missing keys render empty); ``show_choices``: append the
@@ -170,7 +172,7 @@ def parse_lettered_options(text: str) -> list[str] | None:
         return None
     marks = list(_OPTION_SPLIT_RE.finditer(text))
     letters = [m.group(1) for m in marks]
-    if len(marks) < 2 or letters != [chr(ord("A") + i) for i in range(len(marks))]:
+    if len(marks) < 2 or "".join(letters) != CHOICE_LETTERS[: len(marks)]:
         return None
     out = []
     for i, m in enumerate(marks):
@@ -192,10 +194,10 @@ def _transform(item: Item, transforms: Iterable[str]) -> Item:
             raw = item.meta.get(arg or "option") if isinstance(item.meta, dict) else None
             opts = parse_lettered_options(raw) if isinstance(raw, str) else None
             if opts and not item.choices:
-                ans = item.answer.strip().strip("().").upper()
-                if len(ans) == 1 and "A" <= ans < chr(ord("A") + len(opts)):
+                options = gold_choice(item.answer, opts, "letter")
+                if options is not None and len(options) == 1:
                     item.choices = opts
-                    item.answer = ans
+                    item.answer = CHOICE_LETTERS[next(iter(options))]
         elif kind == "answer_from_tags":
             m = re.search(r"<answer>(.*?)</answer>", item.answer, re.DOTALL | re.IGNORECASE)
             if m and m.group(1).strip():
@@ -212,7 +214,7 @@ def render_question(spec: BenchmarkSpec, item: Item) -> str:
     """The question text shown to the model: ``prompt_template`` over ``question`` and ``meta``."""
     values = _Blank({k: v for k, v in (item.meta or {}).items() if isinstance(k, str)})
     values["question"] = item.question
-    values["choices_text"] = "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(item.choices or []))
+    values["choices_text"] = "\n".join(f"{CHOICE_LETTERS[i]}. {c}" for i, c in enumerate(item.choices or []))
     try:
         text = spec.prompt_template.format_map(values)
     except (ValueError, IndexError, AttributeError, KeyError):

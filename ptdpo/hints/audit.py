@@ -50,22 +50,48 @@ collisions, e.g. "each number on the dial is five minutes" when the minute hand 
 Known blind spots (semantic leaks without a value): paraphrased option text ("a cylinder-shaped blue
 object" for "blue cylinder"), names of the decisive entities ("Chile, Peru, Kenya and Vietnam are above
 the line"), and pronoun assertions ("it is indeed left of it").
+
+What the checks compare against (:class:`ItemFacts`, in ``ptdpo.hints.facts``) is computed once per item.
+The correct option is the one ``ptdpo.answers.gold_choice`` names, as for the reward, so a gold answer
+written as the option's text ("The cube") is checked for its letter too. Values of expressions
+("$\\sqrt{12}$") come from the shared math-verify judge with its deadline (``math_timeout_s``): an
+expression that would take hours to evaluate counts as no value instead of hanging the audit.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, astuple, dataclass, field, fields
-from fractions import Fraction
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ptdpo.answers.words import CHOICE_LETTERS
 from ptdpo.data.schema import Item
-from ptdpo.hints.numbers import Mention, Target, answer_targets, find_mentions, raw_numbers, values_match
+from ptdpo.hints.facts import (
+    AuditConfig,
+    ItemFacts,
+    context_words,
+    expression_value,
+    item_facts,
+    math_form,
+    norm,
+    phrase_regex,
+    trigrams,
+)
+from ptdpo.hints.numbers import Mention, Target, find_mentions, values_match
 from ptdpo.hints.schema import UNSTRUCTURED, Hint, HintError
+
+__all__ = [
+    "REASONS",
+    "SEVERITIES",
+    "AuditConfig",
+    "ItemFacts",
+    "Verdict",
+    "audit",
+    "audit_text",
+    "feedback_text",
+    "hard_reasons",
+    "item_facts",
+]
 
 REASONS = (
     "answer_string",
@@ -83,37 +109,6 @@ SEVERITIES = ("ok", "soft", "hard")
 
 
 @dataclass
-class AuditConfig:
-    max_chars: int = 1200  # all free text of the hint together
-    max_steps: int = 8
-    max_step_chars: int = 300
-    max_regions: int = 8
-    check_decisive: bool = True
-    # values of a reference solution that are too generic to count as decisive (angle sums, halves...)
-    decisive_ignore: tuple[str, ...] = ("0", "1", "1/2", "90", "180", "360")
-    # number WORDS up to this value are structure ("the two bars", "one of"), not decisive values
-    decisive_min_word_value: int = 3
-    # a decisive integer up to this value only counts when the hint says it about the same thing as the
-    # solution (a shared content word within 5 words): "4 in the left cluster" vs "3 or more colours"
-    decisive_context_max: int = 10
-    solution_overlap: float = 0.5  # share of the solution's word trigrams reproduced by the hint
-    require_regions: bool = False  # True: no_spatial_cue becomes hard
-    fail_on_soft: bool = False
-    use_math_verify: bool = True  # for answers that are not plain rationals (2\sqrt{3}, \pi/4)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> AuditConfig:
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(d) - known)
-        if bad:
-            raise ValueError(f"unknown audit config key {bad[0]!r} (known: {sorted(known)})")
-        if "decisive_ignore" in d:
-            d["decisive_ignore"] = tuple(str(v) for v in d["decisive_ignore"])
-        return cls(**d)
-
-
-@dataclass
 class Verdict:
     item_id: str
     passed: bool
@@ -126,16 +121,9 @@ class Verdict:
 
 
 # ------------------------------------------------------------------------------------------------
-# What we know about an item (computed once per item)
+# Text checks (what an item's facts are: ptdpo.hints.facts)
 # ------------------------------------------------------------------------------------------------
 
-_YES_NO = {"yes", "no", "true", "false"}
-_ARTICLES = re.compile(r"^(?:the|a|an)\s+", re.I)
-_STOP = set(
-    """a an the is are was were be been of to in on at by for with and or not no it its this that these those
-    there here than then as from into over under does do did can could should would will shall may might has
-    have had which what who whom whose how many much image picture figure shown diagram""".split()
-)
 _HEDGES = re.compile(
     r"(?i)\b(?:whether|if|check|verify|determine|decide|compare|confirm|see|ask|test|judge|find out|"
     r"figure out|unless|might|may|could|possibly|seems?|appears?|looks? like)\b|\?"
@@ -144,229 +132,11 @@ _COMPARATIVE = re.compile(r"(?i)\b(?:\w+er|\w+est|more|less|most|least|same|equa
 _SENTENCE = re.compile(r"[^.!?;\n]+(?:[.!?;]+|$)")
 
 
-def _norm(s: str) -> str:
-    s = s.strip().strip("$").strip()
-    s = re.sub(r"^\\boxed\{(.*)\}$", r"\1", s)
-    s = re.sub(r"\\text\{([^}]*)\}", r"\1", s)
-    return " ".join(s.lower().rstrip(".").split())
-
-
-def _phrase_regex(phrase: str) -> re.Pattern[str] | None:
-    """Word-bounded, case-insensitive, plural-tolerant pattern for a short answer phrase."""
-    phrase = _ARTICLES.sub("", phrase.strip())
-    words = re.findall(r"[\w'°%.]+", phrase)
-    if not words:
-        return None
-    body = r"[\s\-]+".join(re.escape(w) for w in words)
-    return re.compile(rf"(?i)(?<![\w]){body}(?:s|es)?(?![\w])")
-
-
-def _math_key(s: str) -> str:
-    s = s.replace("√", "\\sqrt").replace("π", "\\pi").replace("·", "\\cdot")
-    s = re.sub(r"\\sqrt\s*(\d+)", r"\\sqrt{\1}", s)
-    s = re.sub(r"\\[dt]frac", r"\\frac", s)
-    return re.sub(r"[\s${}]|\\left|\\right|\\,", "", s.lower())
-
-
-@dataclass
-class ItemFacts:
-    item_id: str
-    answer: str
-    answer_norm: str
-    targets: list[Target]
-    answer_regex: re.Pattern[str] | None
-    math_key: str | None
-    math_gold: float | None
-    yes_no: str | None
-    stem: str
-    stem_values: list[Fraction]
-    answer_in_stem: bool
-    alternatives: list[str]
-    proposition_words: list[str]
-    n_choices: int = 0
-    choice_index: int | None = None
-    choice_letter: str | None = None
-    choice_text: str | None = None
-    choice_regex: re.Pattern[str] | None = None
-    choice_targets: list[Target] = field(default_factory=list)
-    option_matchers: list[tuple[re.Pattern[str] | None, list[Target]]] = field(default_factory=list)
-    decisive: list[Target] = field(default_factory=list)
-    decisive_is_option: list[bool] = field(default_factory=list)
-    decisive_context: list[set[str]] = field(default_factory=list)
-    polygon_word: re.Pattern[str] | None = None
-    solution_trigrams: set[tuple[str, ...]] = field(default_factory=set)
-
-
 def _mentions_value(mentions: Iterable[Mention], targets: Sequence[Target]) -> Mention | None:
     for m in mentions:
         if any(values_match(m, t) for t in targets):
             return m
     return None
-
-
-def _lemma(w: str) -> str:
-    w = w.lower()
-    for suf in ("ies", "es", "s"):
-        if w.endswith(suf) and len(w) - len(suf) >= 3:
-            return w[: -len(suf)] + ("y" if suf == "ies" else "")
-    return w
-
-
-def _context_words(text: str, a: int, b: int, n: int = 5) -> set[str]:
-    """Content words (lemmas) within ``n`` words either side of a span: what the number is about."""
-    left = re.findall(r"[A-Za-z]+", text[:a])[-n:]
-    right = re.findall(r"[A-Za-z]+", text[b:])[:n]
-    return {_lemma(w) for w in left + right if w.lower() not in _STOP and len(w) > 2}
-
-
-def _trigrams(text: str) -> set[tuple[str, ...]]:
-    words = re.findall(r"[a-z]+|\d+(?:\.\d+)?", text.lower())
-    return {tuple(words[i:i + 3]) for i in range(len(words) - 2)}
-
-
-def _math_value(expr: str) -> float | None:
-    """Numeric value of a LaTeX/plain math expression via math_verify (no signal timeouts: inputs are
-    short and bounded by the caller, so parse time is bounded by their length)."""
-    if len(expr) > 120:
-        return None
-    try:
-        from math_verify import parse
-
-        _quiet_math_verify()
-        parsed = parse(expr if "$" in expr or "\\" not in expr else f"${expr}$", parsing_timeout=None)
-        for p in parsed:
-            if hasattr(p, "is_number") and p.is_number:
-                return float(p.evalf())
-    except Exception:  # noqa: BLE001 - math_verify/sympy raise many kinds; unparseable means "no value"
-        return None
-    return None
-
-
-class _DropTimeoutWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Timeout is disabled" not in record.getMessage()
-
-
-_QUIET = False
-
-
-def _quiet_math_verify() -> None:
-    global _QUIET
-    if not _QUIET:
-        for name in ("math_verify.parser", "math_verify.grader"):
-            logging.getLogger(name).addFilter(_DropTimeoutWarning())
-        _QUIET = True
-
-
-def _choice_index(item: Item) -> int | None:
-    if not item.choices:
-        return None
-    a = item.answer.strip()
-    m = re.fullmatch(r"\(?([A-Za-z])\)?[.):]?(?:\s+.*)?", a)
-    n = len(item.choices)
-    if m and m.group(1).upper() in CHOICE_LETTERS[:n] and (len(a) <= 3 or a[1:3].strip() in (".", ")", ":", "")):
-        return CHOICE_LETTERS.index(m.group(1).upper())
-    na = _norm(a)
-    for i, c in enumerate(item.choices):
-        if _norm(c) == na:
-            return i
-    return None
-
-
-def _alternatives(stem: str) -> list[str]:
-    """"A or B" alternatives named in a question ("Which is taller, the red bar or the blue bar?")."""
-    m = re.search(r"(?i)(?:[,:]|\b(?:is|are|between|either))\s+(?:the\s+)?([\w\s'-]{1,40}?)\s+or\s+(?:the\s+)?([\w\s'-]{1,40}?)\s*\?", stem)
-    return [m.group(1).strip(), m.group(2).strip()] if m else []
-
-
-def item_facts(item: Item, config: AuditConfig | None = None) -> ItemFacts:
-    """What the audit needs to know about an item (answer forms, options, decisive values...), cached by
-    the item's content so a generator and the audit step do not recompute it. Treat as read-only."""
-    config = config or AuditConfig()
-    choices = tuple(item.choices) if item.choices else None
-    return _item_facts_cached(item.id, item.question, item.answer, choices, item.solution, astuple(config))
-
-
-@functools.lru_cache(maxsize=8192)
-def _item_facts_cached(item_id, question, answer, choices, solution, config_tuple) -> ItemFacts:
-    item = Item(id=item_id, images=[], question=question, answer=answer,
-                choices=list(choices) if choices else None, solution=solution)
-    return _item_facts(item, AuditConfig(*config_tuple))
-
-
-def _item_facts(item: Item, config: AuditConfig) -> ItemFacts:
-    answer = item.answer.strip()
-    answer_norm = _norm(answer)
-    stem = item.question
-    stem_mentions = find_mentions(stem)
-    stem_values = [v for m in stem_mentions for v in m.values()]
-    targets = answer_targets(answer)
-    yes_no = answer_norm if answer_norm in _YES_NO else None
-    cidx = _choice_index(item)
-    letter_answer = cidx is not None and len(answer.strip("(). :")) == 1
-    answer_regex = None
-    if not targets and not yes_no and not letter_answer and re.search(r"[A-Za-z]", answer_norm):
-        if not re.search(r"[\\^{}_]", answer_norm):
-            answer_regex = _phrase_regex(answer_norm)
-    math_key = None
-    math_gold = None
-    if not targets and re.search(r"\d|\\|√|π", answer) and not letter_answer:
-        math_key = _math_key(answer)
-        if config.use_math_verify:
-            math_gold = _math_value(answer)
-    in_stem = False
-    if targets:
-        in_stem = any(any(values_match(m, t) for t in targets) for m in stem_mentions)
-    elif answer_regex is not None:
-        in_stem = bool(answer_regex.search(stem))
-    prop_words: list[str] = []
-    if yes_no:
-        body = re.sub(r"(?i)^\s*(?:is|are|was|were|does|do|did|can|could|has|have|will|would|should)\s+", "", stem)
-        prop_words = [w for w in re.findall(r"[a-z]+", body.lower()) if w not in _STOP and len(w) > 2]
-    facts = ItemFacts(
-        item_id=item.id, answer=answer, answer_norm=answer_norm, targets=targets, answer_regex=answer_regex,
-        math_key=math_key, math_gold=math_gold, yes_no=yes_no, stem=stem, stem_values=stem_values,
-        answer_in_stem=in_stem, alternatives=_alternatives(stem), proposition_words=prop_words,
-    )
-    option_values: list[Fraction] = []
-    if item.choices:
-        facts.n_choices = len(item.choices)
-        for c in item.choices:
-            ct = answer_targets(c)
-            option_values += [t.value for t in ct]
-            rx = None if ct else _option_regex(c)
-            facts.option_matchers.append((rx, ct))
-        if cidx is not None:
-            facts.choice_index = cidx
-            facts.choice_letter = CHOICE_LETTERS[cidx]
-            facts.choice_text = item.choices[cidx]
-            facts.choice_regex, facts.choice_targets = facts.option_matchers[cidx]
-    if item.solution and config.check_decisive:
-        ignore = {Fraction(v) for v in config.decisive_ignore}
-        known = set(stem_values) | {t.value for t in targets + facts.choice_targets} | ignore
-        index: dict[Fraction, int] = {}
-        for m in find_mentions(item.solution) + raw_numbers(item.solution):
-            if m.kind == "percent" or m.value in known or abs(m.value) in known:
-                continue
-            if m.value not in index:
-                index[m.value] = len(facts.decisive)
-                facts.decisive.append(Target(m.value, m.decimals))
-                facts.decisive_is_option.append(m.value in option_values)
-                facts.decisive_context.append(set())
-            facts.decisive_context[index[m.value]] |= _context_words(item.solution, m.start, m.end)
-        facts.solution_trigrams = _trigrams(item.solution)
-    if targets and len(targets) == 1 and targets[0].value in _POLYGONS.values() and re.search(
-        r"(?i)\b(?:sides?|vert(?:ex|ices)|edges?|corners?|angles?|polygon)\b", stem
-    ):
-        n = targets[0].value
-        names = [w for w, v in _POLYGONS.items() if v == n]
-        facts.polygon_word = re.compile(rf"(?i)\b(?:{'|'.join(names)})s?\b")
-    return facts
-
-
-_POLYGONS = {"triangle": 3, "triangular": 3, "quadrilateral": 4, "pentagon": 5, "pentagonal": 5, "hexagon": 6,
-             "hexagonal": 6, "heptagon": 7, "septagon": 7, "octagon": 8, "octagonal": 8, "nonagon": 9,
-             "decagon": 10, "dodecagon": 12}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -466,13 +236,6 @@ _WORKED = re.compile(
 _EQUATION = re.compile(r"=\s*[-−]?\s*(?:\d|\\frac|\\sqrt)")
 
 
-def _option_regex(text: str) -> re.Pattern[str] | None:
-    t = _norm(text)
-    if len(t) == 1 and text.strip().isalpha():  # options that are single letters ("P", "T"): case-sensitive
-        return re.compile(rf"(?<![\w'’]){re.escape(text.strip())}(?![\w'’])")
-    return _phrase_regex(t) if len(t) >= 2 else None
-
-
 def _check_text(ctx: _Ctx, where: str, text: str) -> None:
     f = ctx.facts
     mentions = find_mentions(text)
@@ -508,13 +271,13 @@ def _check_text(ctx: _Ctx, where: str, text: str) -> None:
     if f.targets and not f.answer_in_stem:
         for m in mentions:
             if any(values_match(m, t) for t in f.targets):
-                code = "answer_string" if _norm(m.text) == f.answer_norm else "answer_value"
+                code = "answer_string" if norm(m.text) == f.answer_norm else "answer_value"
                 ctx.flag(code, "hard", where, f"'{m.text}' = answer {f.answer!r} ({_snippet(text, m.start, m.end)})")
         if any(t.value == 0 for t in f.targets) and (zm := _ZERO.search(text)):
             ctx.flag("answer_value", "hard", where, f"'{zm.group(0)}' states a count of zero")
         if f.polygon_word is not None and (pm := f.polygon_word.search(text)):
             ctx.flag("answer_value", "hard", where, f"'{pm.group(0)}' names a shape with {f.answer} sides")
-    if f.math_key and len(f.math_key) >= 2 and f.math_key in _math_key(text):
+    if f.math_key and len(f.math_key) >= 2 and f.math_key in math_form(text):
         ctx.flag("answer_string", "hard", where, f"answer {f.answer!r} written out")
     elif f.math_gold is not None:
         gold = f.math_gold
@@ -523,7 +286,7 @@ def _check_text(ctx: _Ctx, where: str, text: str) -> None:
                 ctx.flag("answer_value", "hard", where, f"'{m.text}' approximates answer {f.answer!r}")
                 break
         for seg in _math_segments(text):
-            v = _math_value(seg)
+            v = expression_value(seg, ctx.config)
             if v is not None and abs(v - gold) <= 1e-6 * max(1.0, abs(gold)):
                 ctx.flag("answer_value", "hard", where, f"'{seg}' equals answer {f.answer!r} (math_verify)")
                 break
@@ -585,7 +348,7 @@ def _check_text(ctx: _Ctx, where: str, text: str) -> None:
                 if not values_match(m, t) or (is_opt and in_listing(m.start)):
                     continue
                 small = t.value.denominator == 1 and 0 <= t.value <= ctx.config.decisive_context_max
-                if small and ctx_words and not (_context_words(text, m.start, m.end) & ctx_words):
+                if small and ctx_words and not (context_words(text, m.start, m.end) & ctx_words):
                     continue  # a small number about something else ("3 or more colours")
                 ctx.flag("decisive_value", "hard", where, f"'{m.text}' is an intermediate value of the solution "
                          f"({_snippet(text, m.start, m.end)})")
@@ -610,7 +373,7 @@ def _answer_related(f: ItemFacts, window: str, wm: list[Mention]) -> bool:
         return True
     if f.choice_letter and re.search(rf"(?<![\w-]){re.escape(f.choice_letter)}(?![\w'-])", window):
         return True
-    if f.math_key and len(f.math_key) >= 2 and f.math_key in _math_key(window):
+    if f.math_key and len(f.math_key) >= 2 and f.math_key in math_form(window):
         return True
     return False
 
@@ -628,8 +391,8 @@ def _asserts(text: str, a: int, b: int, f: ItemFacts) -> bool:
     sent = _sentence_at(text, a, b)
     if _HEDGES.search(sent):
         return False
-    others = [o for o in f.alternatives if _norm(o) != f.answer_norm and _phrase_regex(o)]
-    if any(_phrase_regex(o).search(sent) for o in others):  # type: ignore[union-attr]
+    others = [o for o in f.alternatives if norm(o) != f.answer_norm and phrase_regex(o)]
+    if any(phrase_regex(o).search(sent) for o in others):  # type: ignore[union-attr]
         return False
     return bool(re.search(r"(?i)\b(?:is|are|was|were|wins|has|have)\b", sent) and _COMPARATIVE.search(sent))
 
@@ -714,7 +477,7 @@ def audit(hint: Hint | dict[str, Any] | None, item: Item, config: AuditConfig | 
     if n_worked >= 2:
         ctx.flag("full_solution", "hard", "steps", f"{n_worked} worked computations")
     if facts.solution_trigrams and len(facts.solution_trigrams) >= 6:
-        overlap = len(_trigrams(joined) & facts.solution_trigrams) / len(facts.solution_trigrams)
+        overlap = len(trigrams(joined) & facts.solution_trigrams) / len(facts.solution_trigrams)
         if overlap >= config.solution_overlap:
             ctx.flag("full_solution", "hard", "steps", f"reproduces {overlap:.0%} of the reference solution")
     dec_steps = {d.split(" in ")[1].split(":")[0] for d in ctx.details if d.startswith("decisive_value")}

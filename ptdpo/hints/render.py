@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from ptdpo.answers.words import CHOICE_LETTERS
+from ptdpo.answers.choices import choice_letter, gold_choice
 from ptdpo.data.schema import Item, ItemError
 from ptdpo.hints.schema import UNSTRUCTURED, Hint, Region
 from ptdpo.prompts import build_messages
@@ -77,11 +77,13 @@ def render_hint(hint: Hint, box_style: BoxStyle = "qwen") -> str:
 
 
 def render_answer(item: Item) -> str:
-    """``Reference answer: B (15)`` for a multiple-choice letter answer, ``Reference answer: 7`` otherwise."""
+    """``Reference answer: B (15)`` for a multiple-choice answer that names one option (its letter or its
+    text), ``Reference answer: 7`` otherwise."""
     answer = item.answer.strip()
-    if item.choices and len(answer) == 1 and answer.upper() in CHOICE_LETTERS[: len(item.choices)]:
-        idx = CHOICE_LETTERS.index(answer.upper())
-        return f"{ANSWER_PREFIX} {answer.upper()} ({item.choices[idx]})"
+    options = gold_choice(answer, item.choices) if item.choices else None
+    if options and len(options) == 1:
+        (idx,) = options
+        return f"{ANSWER_PREFIX} {choice_letter(idx)} ({item.choices[idx]})"
     return f"{ANSWER_PREFIX} {answer}"
 
 

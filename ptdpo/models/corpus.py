@@ -16,6 +16,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from ptdpo.answers.words import CHOICE_LETTERS
+
 CORPUS_PATH = Path(__file__).parent / "assets" / "corpus.txt"
 CORPUS_SEED = 20261127
 TARGET_CHARS = 280_000
@@ -505,8 +507,8 @@ def _chat(rng: random.Random) -> str:
     parts = [f"{rng.choice(OPENERS)} {q}"]
     if rng.random() < 0.4:
         opts = _choices(rng, a)
-        parts.append("Options:\n" + "\n".join(f"{'ABCD'[i]}. {o}" for i, o in enumerate(opts)))
-        a = "ABCD"[opts.index(a)]
+        parts.append("Options:\n" + "\n".join(f"{CHOICE_LETTERS[i]}. {o}" for i, o in enumerate(opts)))
+        a = CHOICE_LETTERS[opts.index(a)]
     if rng.random() < 0.3:
         parts.append(_hint(rng))
     parts.append(
