@@ -315,3 +315,15 @@ def test_spec_errors(tmp_path):
     with pytest.raises(SpecError, match="needs 'n'"):
         load_items({"format": "synthetic"})
     assert DatasetSpec.from_dict({"format": "hf", "path": "org/ds", "split": "test"}).answer_format == "auto"
+
+
+def test_public_api_still_lives_at_ptdpo_data_loaders():
+    """The loader was split by concern (spec, sources, writers); what callers import from it stays there."""
+    import ptdpo.data.loaders as loaders
+    from ptdpo.data import sources, spec, writers
+
+    assert loaders.DatasetSpec is spec.DatasetSpec is DatasetSpec and loaders.SpecError is SpecError
+    assert loaders.manifest is writers.manifest is manifest
+    assert loaders.save_items_jsonl is save_items_jsonl and loaders.save_items_parquet is save_items_parquet
+    assert loaders.load_items is load_items and loaders.FORMATS == spec.FORMATS
+    assert callable(sources.read_rows) and callable(sources.image_ref)

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import pytest
 
+import ptdpo.hints.generation as generation
 from ptdpo.data.schema import Item
 from ptdpo.data.synthetic import generate_synthetic
 from ptdpo.hints import (
     FAILED,
+    GENERATORS,
     OK,
     REJECTED,
     HintGenerator,
     HintResult,
+    OpenAIGenerator,
+    OracleGenerator,
     RawOutput,
     ShardCache,
+    VLLMGenerator,
+    check_generator_config,
+    generator_class,
     make_generator,
     regenerate_with_feedback,
     run_generation,
@@ -163,3 +172,27 @@ def test_make_generator_errors():
     with pytest.raises(ValueError, match="bad config"):
         make_generator({"name": "oracle", "model": "x"})
     assert make_generator({"name": "oracle", "max_attempts": 3, "audit": {"max_chars": 900}}).name == "oracle"
+
+
+def test_generator_registry_gives_classes_without_building_them():
+    assert set(GENERATORS) == {"oracle", "openai", "vllm"}
+    assert generator_class("oracle") is OracleGenerator and generator_class("openai") is OpenAIGenerator
+    assert generator_class("vllm") is VLLMGenerator
+    # run options (max_attempts, audit, structured) are not constructor arguments; the check binds the rest
+    cfg = {"name": "vllm", "model": "Qwen/Qwen3-VL-235B-A22B-Instruct", "tensor_parallel_size": 8,
+           "max_attempts": 3, "audit": {"max_chars": 900}, "structured": True}
+    assert check_generator_config(cfg) is VLLMGenerator
+    with pytest.raises(ValueError, match=r"bad config for the 'vllm' hint generator: .*tensor_paralel_size"):
+        check_generator_config({"name": "vllm", "model": "m", "tensor_paralel_size": 8})
+    with pytest.raises(ValueError, match=r"bad config for the 'vllm' hint generator: .*model"):
+        check_generator_config({"name": "vllm"})
+    with pytest.raises(ValueError, match=r"unknown hint generator 'gpt-please' \(known: oracle, openai, vllm\)"):
+        generator_class("gpt-please")
+
+
+def test_generation_loop_imports_no_generator():
+    """The loop knows generators only through the interface (the import circle this replaced)."""
+    tree = ast.parse(Path(generation.__file__).read_text(encoding="utf-8"))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert "ptdpo.hints.generator_base" in imported
+    assert not imported & {"ptdpo.hints.oracle", "ptdpo.hints.openai_gen", "ptdpo.hints.vllm_gen"}

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from ptdpo.data.schema import Item
-from ptdpo.models.corpus import CORPUS_PATH, generate_corpus
 from ptdpo.models.tokenizer import (
     ADDED_TOKENS,
+    CORPUS_PATH,
     SPECIAL_TOKENS,
     build_tokenizer,
     tokenizer_json,
@@ -22,9 +24,20 @@ from ptdpo.prompts import build_messages
 VISION = "<|vision_start|><|image_pad|><|vision_end|>"
 
 
+def _corpus_builder():
+    """scripts/build_corpus.py, loaded from its path (the builder is a script, not part of the package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "build_corpus.py"
+    spec = importlib.util.spec_from_file_location("build_corpus", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_corpus_is_the_generator_output():
+    builder = _corpus_builder()
+    assert builder.CORPUS_PATH == CORPUS_PATH.resolve()
     text = CORPUS_PATH.read_text(encoding="utf-8")
-    assert text == generate_corpus()
+    assert text == builder.generate_corpus()
     assert 100_000 < len(text.encode()) < 500_000
     for needle in ("\\frac{", "\\boxed{", "<think>", "</think>", "<answer>", "How many", "left of"):
         assert needle in text

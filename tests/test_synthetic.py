@@ -4,6 +4,7 @@ drawn pixels, answer-free method/traps, and the documented in- vs out-of-distrib
 from __future__ import annotations
 
 import io
+import random
 import re
 from collections import Counter
 
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 from ptdpo.data import CHOICE_LETTERS, FAMILIES, generate_item, generate_synthetic, validate_items
-from ptdpo.data.synthetic import BACKGROUND, COLORS, HELD_OUT, NUMBER_COLORS
+from ptdpo.data.synthetic import BACKGROUND, COLORS, FAMILY_SPECS, HELD_OUT, NUMBER_COLORS, TEMPLATES
 
 # Own list (not the generator's): any count or number a hint could leak.
 _NUMBER_WORDS = (
@@ -311,3 +312,36 @@ def test_all_families_all_difficulties_small_and_large_images():
                 for ood in (False, True):
                     it = generate_item(0, d, fam, d, image_size=size, ood=ood)
                     assert _recompute(it) == _given_answer(it), it.id
+
+
+# ------------------------------------------------------------------------- the template registry
+
+
+def test_every_template_is_registered_once_under_one_family():
+    assert FAMILIES == ("count_attr", "spatial", "compare", "arith_count", "arith_digits")
+    assert tuple(FAMILY_SPECS) == FAMILIES
+    owners = Counter(t for spec in FAMILY_SPECS.values() for t in spec.templates)
+    assert set(owners) == set(TEMPLATES) and set(owners.values()) == {1}
+    assert len({id(fn) for fn in TEMPLATES.values()}) == len(TEMPLATES)  # one function per template
+
+
+def test_items_name_the_template_that_drew_them(sample):
+    """``meta.template`` is the registered template (``most``/``extreme`` add the attribute asked)."""
+    seen: dict[str, set[str]] = {f: set() for f in FAMILIES}
+    for it in sample:
+        fam, tpl = it.meta["family"], it.meta["template"]
+        base = tpl.rsplit("_", 1)[0] if tpl.startswith(("most_", "extreme_")) else tpl
+        assert base in FAMILY_SPECS[fam].templates, (it.id, fam, tpl)
+        seen[fam].add(base)
+    assert seen == {f: set(spec.templates) for f, spec in FAMILY_SPECS.items()}
+
+
+def test_a_template_called_alone_draws_its_own_question():
+    for name, fn in TEMPLATES.items():
+        fam = next(f for f, spec in FAMILY_SPECS.items() if name in spec.templates)
+        d = 4 if name == "relation" else 5 if name in ("range", "extreme") else 3
+        rng = random.Random(f"{name}-alone")
+        _, drawn = FAMILY_SPECS[fam].pick(rng, d, False)  # what the family draws before its template
+        scene = fn(rng, d, False, 128, 128, **drawn)
+        assert scene["template"] == name or scene["template"].startswith(name + "_"), (name, scene["template"])
+        assert scene["question"] and scene["png"].startswith(b"\x89PNG"), name

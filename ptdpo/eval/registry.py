@@ -8,6 +8,8 @@ built (``prompt_template``, ``show_choices``) and which metric is headline (``me
 named ``transforms`` and ``filters`` cover what a column mapping cannot (strip ``<image>`` tokens, parse
 ``"A. x; B. y"`` option strings, keep only MathVerse's vision-only rows).
 
+The built-in benchmarks are data: ``benchmarks.json`` next to this module, read by :func:`load_catalogue`.
+
 A user's own benchmark is a jsonl or parquet file plus a spec in config, without code::
 
     {"name": "my_bench", "dataset": {"format": "jsonl", "path": "data/my_bench.jsonl"},
@@ -25,6 +27,7 @@ fixture written in the dataset's published schema.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -262,8 +265,6 @@ def load_benchmark(
 
 # ---------------------------------------------------------------------------------------------- registry
 
-_IMG_PNG_NOTE = "images: HF Image feature ({'bytes','path'} dicts), decoded by the loader"
-
 REGISTRY: dict[str, BenchmarkSpec] = {}
 
 
@@ -323,308 +324,35 @@ def registry_table() -> list[dict[str, Any]]:
     return rows
 
 
-_NOT_LIVE = "not checked against the live hub (no network when written)"
+CATALOGUE_PATH = Path(__file__).with_name("benchmarks.json")
 
-for _spec in (
-    BenchmarkSpec(
-        name="synthetic_id",
-        dataset={
-            "format": "synthetic",
-            "n": 200,
-            "seed": 1234,
-            "split": "test",
-            "ood": False,
-            "image_size": 128,
-        },
-        answer_type="auto",
-        description="Procedural scenes, in-distribution (ptdpo.data.synthetic), held-out seed.",
-        hub={"id": None, "verified": True, "notes": "generated locally; nothing to verify"},
-    ),
-    BenchmarkSpec(
-        name="synthetic_ood",
-        dataset={
-            "format": "synthetic",
-            "n": 200,
-            "seed": 1234,
-            "split": "test",
-            "ood": True,
-            "image_size": 128,
-        },
-        answer_type="auto",
-        description="Procedural scenes, out of distribution: held-out colour/shape pairs, more objects, "
-        "larger counts and numbers.",
-        hub={"id": None, "verified": True, "notes": "generated locally; nothing to verify"},
-    ),
-    BenchmarkSpec(
-        name="geometry3k",
-        dataset={
-            "format": "hf",
-            "path": "hiyouga/geometry3k",
-            "split": "test",
-            "fields": {"images": "images", "question": "problem", "answer": "answer"},
-        },
-        answer_type="expression",
-        transforms=["strip_image_tokens"],
-        description="Geometry3K test (601 items), free-form answers such as 3\\sqrt{3}.",
-        hub={
-            "id": "hiyouga/geometry3k",
-            "columns": ["images", "problem", "answer"],
-            "verified": False,
-            "evidence": "EasyR1 / verl examples load hiyouga/geometry3k@test with keys images, problem, answer",
-            "notes": _NOT_LIVE + "; " + _IMG_PNG_NOTE + "; no id column, ids are geometry3k-test-<row>",
-        },
-    ),
-    BenchmarkSpec(
-        name="mathvista",
-        dataset={
-            "format": "hf",
-            "path": "AI4Math/MathVista",
-            "split": "testmini",
-            "fields": {
-                "id": "pid",
-                "images": "decoded_image",
-                "question": "question",
-                "answer": "answer",
-                "choices": "choices",
-            },
-            "meta_columns": ["query", "precision", "unit", "question_type", "answer_type"],
-            "answer_format": "auto",
-        },
-        answer_type="auto",
-        prompt_template="{query}",
-        show_choices=False,
-        description="MathVista testmini (1000 items). The prompt is the dataset's own 'query' (hint, question "
-        "and lettered choices); multiple-choice answers (option text) become letters; float answers are "
-        "compared to the item's 'precision'.",
-        hub={
-            "id": "AI4Math/MathVista",
-            "columns": [
-                "pid",
-                "question",
-                "image",
-                "decoded_image",
-                "choices",
-                "unit",
-                "precision",
-                "answer",
-                "question_type",
-                "answer_type",
-                "metadata",
-                "query",
-            ],
-            "verified": False,
-            "evidence": "public eval scripts use pid, query/question, choices, answer, decoded_image",
-            "notes": _NOT_LIVE,
-        },
-    ),
-    BenchmarkSpec(
-        name="mathverse_vision_only",
-        dataset={
-            "format": "hf",
-            "path": "AI4Math/MathVerse",
-            "name": "testmini",
-            "split": "testmini",
-            "fields": {"id": "sample_index", "images": "image", "question": "query_cot", "answer": "answer"},
-            "meta_columns": ["question_type", "problem_index"],
-        },
-        answer_type="auto",
-        filters={"problem_version": "Vision Only"},
-        description="MathVerse testmini, the 788 'Vision Only' items: the question and options are drawn in "
-        "the image; multiple-choice golds are letters, free-form golds numbers or expressions.",
-        hub={
-            "id": "AI4Math/MathVerse",
-            "config": "testmini",
-            "columns": [
-                "sample_index",
-                "problem_index",
-                "problem_version",
-                "question",
-                "image",
-                "answer",
-                "question_type",
-                "metadata",
-                "query_wo",
-                "query_cot",
-                "question_for_eval",
-            ],
-            "verified": False,
-            "evidence": "public scripts filter problem_version == 'Vision Only' (788 rows) and use query_wo",
-            "notes": _NOT_LIVE,
-        },
-    ),
-    BenchmarkSpec(
-        name="wemath",
-        dataset={
-            "format": "hf",
-            "path": "We-Math/We-Math",
-            "split": "testmini",
-            "fields": {"id": "ID", "images": "image_path", "question": "question", "answer": "answer"},
-            "meta_columns": ["option", "knowledge concept", "key"],
-        },
-        answer_type="choice",
-        transforms=["options_from_text:option"],
-        description="We-Math testmini (1740 items), multiple choice; options come as one 'A. x; B. y' string.",
-        hub={
-            "id": "We-Math/We-Math",
-            "columns": [
-                "ID",
-                "split",
-                "knowledge concept",
-                "question",
-                "option",
-                "answer",
-                "image_path",
-                "key",
-                "question number",
-                "knowledge concept description",
-            ],
-            "verified": False,
-            "evidence": "public scripts load split testmini and use ID, question, option, answer, image_path",
-            "notes": _NOT_LIVE + "; ID is not unique across the 'key' sub-questions in some dumps",
-        },
-    ),
-    BenchmarkSpec(
-        name="logicvista",
-        dataset={
-            "format": "hf",
-            "path": "lscpku/LogicVista",
-            "split": "test",
-            "fields": {"id": "id", "images": "image", "question": "question", "answer": "answer"},
-            "meta_columns": ["skill"],
-        },
-        answer_type="choice",
-        description="LogicVista (448 items): options are in the question text; golds are letters, some a set "
-        "such as 'A, C' (all letters must match).",
-        hub={
-            "id": "lscpku/LogicVista",
-            "columns": [
-                "id",
-                "image",
-                "question",
-                "answer",
-                "reasoning",
-                "skill",
-                "broad_capability",
-                "specific_capability",
-                "imagesource",
-            ],
-            "verified": False,
-            "evidence": "public scripts load split test and use id, question, answer, image",
-            "notes": _NOT_LIVE,
-        },
-    ),
-    BenchmarkSpec(
-        name="mmmu_pro_vision",
-        dataset={
-            "format": "hf",
-            "path": "MMMU/MMMU_Pro",
-            "name": "vision",
-            "split": "test",
-            "fields": {"id": "id", "images": "image", "question": "id", "answer": "answer"},
-            "meta_columns": ["subject"],
-        },
-        answer_type="choice",
-        prompt_template="The question and its lettered options are shown in the image. Answer with the letter "
-        "of the correct option.",
-        show_choices=False,
-        description="MMMU-Pro vision setting (1730 items): question and options only in the screenshot; gold "
-        "is a letter A-J. The loader needs a question column, so 'id' is mapped and the template replaces it.",
-        hub={
-            "id": "MMMU/MMMU_Pro",
-            "config": "vision",
-            "columns": ["id", "image", "options", "answer", "subject"],
-            "verified": False,
-            "evidence": "public scripts load config 'vision' split test with id, image, options, answer, subject",
-            "notes": _NOT_LIVE,
-        },
-    ),
-    BenchmarkSpec(
-        name="mmmu_pro_standard10",
-        dataset={
-            "format": "hf",
-            "path": "MMMU/MMMU_Pro",
-            "name": "standard (10 options)",
-            "split": "test",
-            "fields": {
-                "id": "id",
-                "images": [f"image_{i}" for i in range(1, 8)],
-                "question": "question",
-                "answer": "answer",
-                "choices": "options",
-            },
-            "meta_columns": ["subject", "img_type", "topic_difficulty"],
-            "answer_format": "letter",
-        },
-        answer_type="choice",
-        transforms=["strip_image_tokens"],
-        description="MMMU-Pro standard setting with 10 options (1730 items); options are a Python-list string; "
-        "<image N> placeholders in the question become '(image N)'.",
-        hub={
-            "id": "MMMU/MMMU_Pro",
-            "config": "standard (10 options)",
-            "columns": [
-                "id",
-                "question",
-                "options",
-                "explanation",
-                "image_1",
-                "image_2",
-                "image_3",
-                "image_4",
-                "image_5",
-                "image_6",
-                "image_7",
-                "img_type",
-                "answer",
-                "topic_difficulty",
-                "subject",
-            ],
-            "verified": False,
-            "evidence": "public scripts parse 'options' with ast.literal_eval and read image_1..image_7",
-            "notes": _NOT_LIVE,
-        },
-    ),
-    BenchmarkSpec(
-        name="superclevr_count",
-        dataset={
-            "format": "hf",
-            "path": "MMInstruction/SuperClevr_Val",
-            "split": "train",
-            "fields": {"images": "image", "question": "problem", "answer": "solution"},
-        },
-        answer_type="number",
-        transforms=["answer_from_tags", "strip_image_tokens"],
-        description="Super-CLEVR counting, the R1-V validation set (200 items): counts objects; answers are "
-        "'<answer> N </answer>'.",
-        hub={
-            "id": "MMInstruction/SuperClevr_Val",
-            "columns": ["image", "problem", "solution"],
-            "verified": False,
-            "evidence": "public R1-V-style scripts read problem and solution; the column names vary between "
-            "copies (some code tries image/problem/solution, question/answer)",
-            "notes": _NOT_LIVE + "; least certain of the suite: check the columns before a real run",
-        },
-    ),
-    BenchmarkSpec(
-        name="clevr_count",
-        dataset={
-            "format": "hf",
-            "path": "BUAADreamer/clevr_count_70k",
-            "split": "test",
-            "fields": {"images": "images", "question": "problem", "answer": "answer"},
-        },
-        answer_type="number",
-        transforms=["strip_image_tokens"],
-        description="CLEVR counting test split as used by PAPO's evaluation ('Counting' column of its tables).",
-        hub={
-            "id": "BUAADreamer/clevr_count_70k",
-            "columns": ["images", "problem", "answer"],
-            "verified": False,
-            "evidence": "EasyR1 / AReaL configs: image_key images, prompt_key problem, answer_key answer",
-            "notes": _NOT_LIVE,
-        },
-    ),
-):
+
+def load_catalogue(path: str | Path = CATALOGUE_PATH) -> list[BenchmarkSpec]:
+    """The specs of a benchmark catalogue file, ``{"benchmarks": [spec dict, ...]}``, in file order.
+
+    The built-in benchmarks live in ``benchmarks.json`` next to this module: data, not code, so adding
+    or correcting a benchmark touches no Python."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise BenchmarkError(f"benchmark catalogue {path}: cannot read it: {e}") from None
+    entries = doc.get("benchmarks") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        raise BenchmarkError(f"benchmark catalogue {path}: needs a top-level 'benchmarks' list")
+    specs = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise BenchmarkError(f"benchmark catalogue {path}: benchmarks[{i}] is not an object")
+        try:
+            specs.append(BenchmarkSpec.from_dict(entry))
+        except (BenchmarkError, TypeError) as e:
+            where = f"benchmark catalogue {path}: benchmarks[{i}] ({entry.get('name')!r})"
+            raise BenchmarkError(f"{where}: {e}") from None
+    return specs
+
+
+for _spec in load_catalogue():
     register(_spec)
 
 #: The paper's evaluation suite (METHOD.md section 5, the PAPO suite).

@@ -1,16 +1,10 @@
-"""Generators behind one interface, the attempt/feedback loop, and the resumable per-shard cache.
+"""The attempt/feedback loop and the resumable per-shard cache, over any generator of the interface.
 
-A generator turns requests (item + optional feedback on a rejected attempt) into raw text, streamed as
-each item finishes::
-
-    class HintGenerator:
-        name, model, prompt_version, kind
-        def generate_stream(self, requests) -> Iterator[RawOutput]
-        def generate(self, items, **kw) -> list[HintResult]        # run_generation without a cache
-
-``run_generation`` parses every output (``parse_hint``), audits it (``audit``) and, while attempts
-remain, sends rejected or unparseable outputs back with the reasons (``regenerate_with_feedback`` is the
-same loop started from earlier results). Every item ends as one ``HintResult``:
+``run_generation(generator, items)`` asks a generator (``ptdpo.hints.generator_base.HintGenerator``;
+made from config by ``ptdpo.hints.generators.make_generator``) for hints, parses every output
+(``parse_hint``), audits it (``audit``) and, while attempts remain, sends rejected or unparseable outputs
+back with the reasons (``regenerate_with_feedback`` is the same loop started from earlier results). Every
+item ends as one ``HintResult``:
 
 - ``ok``: a hint that passed the audit;
 - ``rejected``: a valid hint that still fails the audit after the last attempt: kept (hint, verdict,
@@ -21,119 +15,38 @@ same loop started from earlier results). Every item ends as one ``HintResult``:
 one line with a single write, flushed and fsynced; a line cut by a crash is skipped on load (and the
 next append starts on a fresh line), so earlier lines are never lost. Re-running a shard reuses every
 ``ok``/``rejected`` line and generates only the missing and ``failed`` items.
+
+This module knows the generators only through the interface: it imports none of them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ptdpo.data.schema import Item
-from ptdpo.hints.audit import AuditConfig, Verdict, audit, feedback_text, item_facts
-from ptdpo.hints.schema import STRUCTURED, Hint, HintError, parse_hint
+from ptdpo.hints.audit import AuditConfig, audit, feedback_text, item_facts
+from ptdpo.hints.generator_base import (
+    FAILED,
+    OK,
+    REJECTED,
+    GenerationRequest,
+    HintGenerator,
+    HintResult,
+    RawOutput,
+)
+
+# The generator registry's names, also importable from here for the steps and flows that import them
+# from this module (the registry itself imports only the interface, so this adds no circle).
+from ptdpo.hints.generators import RUN_KEYS, make_generator, split_config
+from ptdpo.hints.schema import HintError, parse_hint
 
 log = logging.getLogger(__name__)
-
-OK, REJECTED, FAILED = "ok", "rejected", "failed"
-
-
-@dataclass
-class GenerationRequest:
-    item: Item
-    attempt: int = 1
-    feedback: str | None = None  # the audit's / parser's reasons for rejecting the previous attempt
-    previous_raw: str | None = None
-
-
-@dataclass
-class RawOutput:
-    item_id: str
-    text: str = ""
-    error: str | None = None  # transport-level failure (after the generator's own retries)
-    usage: dict[str, Any] = field(default_factory=dict)
-    notes: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class HintResult:
-    item_id: str
-    status: str  # ok | rejected | failed
-    hint: Hint | None = None
-    verdict: Verdict | None = None
-    error: str | None = None
-    raw: str = ""
-    attempts: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    config_hash: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status == OK
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "item_id": self.item_id,
-            "status": self.status,
-            "hint": self.hint.to_dict() if self.hint else None,
-            "verdict": self.verdict.to_dict() if self.verdict else None,
-            "error": self.error,
-            "raw": self.raw,
-            "attempts": self.attempts,
-            "history": self.history,
-            "config_hash": self.config_hash,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> HintResult:
-        hint = Hint.from_dict(d["hint"]) if d.get("hint") else None
-        verdict = Verdict(**d["verdict"]) if d.get("verdict") else None
-        return cls(
-            item_id=d["item_id"], status=d["status"], hint=hint, verdict=verdict, error=d.get("error"),
-            raw=d.get("raw", ""), attempts=int(d.get("attempts", 0)), history=list(d.get("history", [])),
-            config_hash=d.get("config_hash", ""),
-        )
-
-
-class HintGenerator:
-    """Base class. Subclasses set ``name``/``model``/``prompt_version`` and implement ``generate_stream``."""
-
-    name = "base"
-    model = ""
-    prompt_version = ""
-    kind = STRUCTURED
-
-    def info(self) -> dict[str, Any]:
-        """What every hint records as its ``generator``."""
-        return {"name": self.name, "model": self.model, "prompt_version": self.prompt_version}
-
-    def cache_params(self) -> dict[str, Any]:
-        """Everything that changes the output (sampling...): part of the cache key. Never secrets."""
-        return {}
-
-    def config_hash(self) -> str:
-        return config_hash({**self.info(), "kind": self.kind, **self.cache_params()})
-
-    def generate_stream(self, requests: Sequence[GenerationRequest]) -> Iterator[RawOutput]:
-        raise NotImplementedError
-
-    def generate(self, items: Sequence[Item], **kwargs: Any) -> list[HintResult]:
-        return run_generation(self, items, **kwargs)
-
-    def close(self) -> None:  # release clients / engines
-        pass
-
-
-def config_hash(params: dict[str, Any]) -> str:
-    """Stable short hash of a generator configuration (sorted JSON)."""
-    blob = json.dumps(params, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
 
 # ------------------------------------------------------------------------------------------------
 # The cache
@@ -371,40 +284,8 @@ def regenerate_with_feedback(
     return [out[r.item_id] for r in results]
 
 
-# ------------------------------------------------------------------------------------------------
-# Registry
-# ------------------------------------------------------------------------------------------------
-
-RUN_KEYS = ("structured", "max_attempts", "unstructured_mode", "progress", "audit", "retry_rejected")
-
-
-def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(generator constructor kwargs incl. name, run options) from one generator config dict."""
-    gen = {k: v for k, v in config.items() if k not in RUN_KEYS}
-    run = {k: config[k] for k in RUN_KEYS if k in config}
-    return gen, run
-
-
-def make_generator(config: dict[str, Any]) -> HintGenerator:
-    """``{"name": "oracle" | "openai" | "vllm", ...}`` -> a generator. Unknown keys are an error."""
-    cfg, run = split_config(dict(config))
-    name = cfg.pop("name", None)
-    if run.get("unstructured_mode") == "generate" and run.get("structured") is False:
-        cfg["kind"] = "unstructured"
-    if name == "oracle":
-        from ptdpo.hints.oracle import OracleGenerator as cls
-    elif name == "openai":
-        from ptdpo.hints.openai_gen import OpenAIGenerator as cls
-    elif name == "vllm":
-        from ptdpo.hints.vllm_gen import VLLMGenerator as cls
-    else:
-        raise ValueError(f"unknown hint generator {name!r} (known: oracle, openai, vllm)")
-    try:
-        return cls(**cfg)
-    except TypeError as e:
-        raise ValueError(f"bad config for the {name!r} hint generator: {e}") from e
-
-
-def iter_chunks(seq: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(seq), max(1, size)):
-        yield seq[i:i + size]
+__all__ = [
+    "FAILED", "OK", "REJECTED", "RUN_KEYS", "GenerationRequest", "HintGenerator", "HintResult", "RawOutput",
+    "ShardCache", "make_generator", "regenerate_with_feedback", "run_generation", "shard_cache_path",
+    "split_config",
+]

@@ -26,7 +26,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any
 
 from ptdpo.data.schema import ItemError
-from ptdpo.hints.generation import GenerationRequest, HintGenerator, RawOutput
+from ptdpo.hints.generator_base import GenerationRequest, HintGenerator, RawOutput
 from ptdpo.hints.prompt import PROMPT_VERSION, generator_messages
 from ptdpo.hints.schema import STRUCTURED, UNSTRUCTURED
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from ptdpo.data.schema import Item
 from ptdpo.hints.audit import AuditConfig, ItemFacts, audit_text, item_facts
-from ptdpo.hints.generation import GenerationRequest, HintGenerator, RawOutput
+from ptdpo.hints.generator_base import GenerationRequest, HintGenerator, RawOutput
 from ptdpo.hints.schema import COORD_MAX, STRUCTURED, UNSTRUCTURED, Hint, HintError, to_unstructured
 
 ORACLE_VERSION = "oracle-v1"

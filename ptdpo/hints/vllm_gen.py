@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ptdpo.data.schema import ItemError
-from ptdpo.hints.generation import GenerationRequest, HintGenerator, RawOutput, iter_chunks
+from ptdpo.hints.generator_base import GenerationRequest, HintGenerator, RawOutput, iter_chunks
 from ptdpo.hints.prompt import PROMPT_VERSION, generator_messages
 from ptdpo.hints.schema import STRUCTURED, UNSTRUCTURED
 

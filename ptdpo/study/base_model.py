@@ -30,7 +30,7 @@ import torch
 
 from ptdpo.data.schema import Item, item_images
 from ptdpo.data.synthetic import generate_synthetic
-from ptdpo.hints import OracleGenerator, render_context, render_hint, to_unstructured
+from ptdpo.hints import OracleGenerator, render_context, render_hint, run_generation, to_unstructured
 from ptdpo.hints.schema import Hint
 from ptdpo.models.multimodal import encode_prompts, generate_completions
 from ptdpo.prompts import build_messages
@@ -81,7 +81,7 @@ class WarmStartSpec:
 
 def oracle_hints(items: Sequence[Item]) -> dict[str, Hint]:
     """Audited, answer-free oracle hints by item id (items whose hint failed the audit are absent)."""
-    return {r.item_id: r.hint for r in OracleGenerator().generate(list(items)) if r.ok and r.hint is not None}
+    return {r.item_id: r.hint for r in run_generation(OracleGenerator(), list(items)) if r.ok and r.hint is not None}
 
 
 def unstructured_hints(hints: dict[str, Hint]) -> dict[str, Hint]:

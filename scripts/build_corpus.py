@@ -1,7 +1,9 @@
 """The fixed text corpus the tiny tokenizer is trained on.
 
-The corpus is committed as ``ptdpo/models/assets/corpus.txt``; this module is the script that wrote
-it (``python -m ptdpo.models.corpus`` rewrites it). Everything is drawn from a seeded
+The corpus is committed as ``ptdpo/models/assets/corpus.txt``; this script wrote it
+(``python scripts/build_corpus.py`` rewrites it). It lives outside the package because nothing at run
+time needs it: the tokenizer reads the committed file, and any change to the text changes every tiny
+model, so the file is rewritten only on purpose. Everything is drawn from a seeded
 ``random.Random``, so the output is the same on every machine and Python version (only
 ``Random.random``/``randrange``/``choice``/``shuffle`` on fixed lists are used).
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from ptdpo.answers.words import CHOICE_LETTERS
 
-CORPUS_PATH = Path(__file__).parent / "assets" / "corpus.txt"
+CORPUS_PATH = Path(__file__).resolve().parents[1] / "ptdpo" / "models" / "assets" / "corpus.txt"
 CORPUS_SEED = 20261127
 TARGET_CHARS = 280_000
 
