@@ -1,15 +1,13 @@
-"""The manifests a platform team applies once (k8s/) and the GPU image recipe (containers/).
+"""The manifests a platform team applies once (k8s/); the GPU image recipe is tested in test_container.py.
 
 Every YAML document must parse and be a valid Kubernetes object of its kind for the Kubernetes version
 below, validated offline and strictly (unknown fields rejected) by ``kubernetes-validate``. Excluded, with
 the reason: ``kustomization.yaml`` (a kustomize file, not an API object). Secret templates must hold
-placeholders only. The Dockerfile cannot be built here (no Docker engine); its test checks the recipe's
-content only.
+placeholders only.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -93,13 +91,3 @@ def test_configs_refer_to_objects_the_manifests_create():
             secrets |= set(per.get("secrets") or [])
         for s in secrets:
             assert ("Secret", s) in names, s
-
-
-def test_dockerfile_recipe():
-    text = (ROOT / "containers" / "Dockerfile").read_text()
-    assert re.search(r"^FROM .*nvidia/cuda|^ARG CUDA_IMAGE=nvidia/cuda", text, re.M)
-    for needed in ("vllm==", "flash-attn==", "COPY ptdpo", "COPY steps", '".[gpu]"', "import torch, vllm, flash_attn"):
-        assert needed in text, needed
-    assert "docker buildx build -f containers/Dockerfile" in text
-    ignore = (ROOT / "containers" / "Dockerfile.dockerignore").read_text()
-    assert "!ptdpo/**" in ignore and "!steps/**" in ignore
