@@ -159,34 +159,32 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> StepResult:
-        cfg = self.cfg
+        """One step (module docstring): collect, reference and old log-probs, teacher forward, update,
+        weight sync, metrics, checkpoint."""
         laps = _Laps()
         self.backend.wake()
         self.policy.eval()
-        rollouts = self.collect()  # 1. sample, reward, refill, advantages, PTD mask
+        rollouts = self.collect()  # sample, reward, refill, advantages, PTD mask
         self.backend.sleep()
         laps.lap("rollout")
-        self._reference_and_old_logprobs(rollouts)  # 2.
+        self._reference_and_old_logprobs(rollouts)  # log pi_ref for the KL term, log pi_old for several updates
         laps.lap("ref")
-        teacher = self._teacher_forward(rollouts)  # 3.
+        teacher = self._teacher_forward(rollouts)  # the hinted teacher on the PTD rollouts
         laps.lap("teacher")
         self.policy.train()
-        update = self._update(rollouts)  # 4.
+        update = self._update(rollouts)  # optimizer steps on L = L_RL + kl_coef KL_ref + lambda_ptd L_PTD
         if not update.get("skipped_nonfinite"):
             self.scheduler.step()
-        self.backend.sync_weights(self.policy)  # 5.
+        self.backend.sync_weights(self.policy)  # the next rollouts sample the new weights
         laps.lap("update")
         self.step += 1
-        m = {**self._rollout_metrics(rollouts), **teacher, **update}
-        m.update(step=self.step, lr=self.scheduler.get_last_lr()[0], **self._times(laps))
-        m["tokens_per_s"] = m["response_tokens"] / max(m["time_step"], 1e-9)
+        m = self._step_metrics(rollouts, teacher, update, laps)
         self._stop_after_nonfinite_updates(m)
         self.metrics.append(m)
         result = StepResult(self.step, m, rollouts)
         if self.on_step:
             self.on_step(result)
-        if self.checkpoint_dir and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-            self.save()
+        self._checkpoint_if_due()
         return result
 
     def collect(self) -> list[Rollout]:
@@ -203,20 +201,26 @@ class Trainer:
         if self.multi_update:
             self._score_with(self.policy, pg, "old_logprobs", probe=rollouts[0])
 
-    def _rollout_metrics(self, rollouts: list[Rollout]) -> dict[str, float]:
+    def _step_metrics(self, rollouts: list[Rollout], teacher: dict[str, float], update: dict[str, float],
+                      laps: _Laps) -> dict[str, float]:
+        """The step's row of ``metrics`` (names and meanings: ``ptdpo.metrics``)."""
         local = rollout_stats(rollouts)
-        return {k: dist_utils.all_sum(v) if k == "response_tokens" else dist_utils.all_mean(v) for k, v in local.items()}
-
-    def _times(self, laps: _Laps) -> dict[str, float]:
+        m = {k: dist_utils.all_sum(v) if k == "response_tokens" else dist_utils.all_mean(v) for k, v in local.items()}
+        m.update(teacher)
+        m.update(update)
         s = laps.seconds
-        return {
-            "time_rollout": s["rollout"] - self._reward_time,
-            "time_reward": self._reward_time,
-            "time_ref": s["ref"],
-            "time_teacher": s["teacher"],
-            "time_update": s["update"],
-            "time_step": laps.last - laps.start,
-        }
+        m.update(
+            step=self.step,
+            lr=self.scheduler.get_last_lr()[0],
+            time_rollout=s["rollout"] - self._reward_time,
+            time_reward=self._reward_time,
+            time_ref=s["ref"],
+            time_teacher=s["teacher"],
+            time_update=s["update"],
+            time_step=laps.last - laps.start,
+        )
+        m["tokens_per_s"] = m["response_tokens"] / max(m["time_step"], 1e-9)
+        return m
 
     def _stop_after_nonfinite_updates(self, m: dict[str, float]) -> None:
         if not m.get("skipped_nonfinite"):
@@ -228,6 +232,10 @@ class Trainer:
                 f"step {self.step}: {self.nonfinite_in_row} updates in a row had a non-finite loss or "
                 "gradient; stopping (train.max_nonfinite_in_row). Lower train.lr or check the data."
             )
+
+    def _checkpoint_if_due(self) -> None:
+        if self.checkpoint_dir and self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+            self.save()
 
     # ------------------------------------------------------------------ forwards
     def _hidden(self, model: torch.nn.Module, rollouts: list[Rollout], prompts: list[EncodedPrompt] | None = None):
