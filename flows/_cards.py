@@ -48,7 +48,7 @@ def config_table(train_config: Mapping[str, Any]) -> Table:
             rows.extend([f"{key}.{k}", _fmt(v)] for k, v in value.items())
         else:
             rows.append([key, _fmt(value)])
-    return Table(rows, headers=["train.", "value"])
+    return Table(rows, headers=["train key", "value"])
 
 
 def training_components(metrics: pd.DataFrame, title: str = "Training", info: Mapping[str, Any] | None = None,
