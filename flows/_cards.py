@@ -6,7 +6,6 @@ Plots are matplotlib figures embedded as PNG (``Image.from_matplotlib``), tables
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Mapping
@@ -40,12 +39,30 @@ def _table(df: pd.DataFrame, digits: int = 4, max_rows: int = 200) -> Table:
 
 
 # ------------------------------------------------------------------------------------------ training
-def training_components(metrics: pd.DataFrame, title: str = "Training", info: Mapping[str, Any] | None = None) -> list:
+def config_table(train_config: Mapping[str, Any]) -> Table:
+    """The resolved training config (algorithm defaults filled in), one row per key; nested sections
+    (``ptd``, ``vllm``) as ``section.key``."""
+    rows = []
+    for key, value in train_config.items():
+        if isinstance(value, Mapping):
+            rows.extend([f"{key}.{k}", _fmt(v)] for k, v in value.items())
+        else:
+            rows.append([key, _fmt(value)])
+    return Table(rows, headers=["train key", "value"])
+
+
+def training_components(metrics: pd.DataFrame, title: str = "Training", info: Mapping[str, Any] | None = None,
+                        train_config: Mapping[str, Any] | None = None) -> list:
+    """Curves, the per-step table and (``train_config``, the flow's resolved ``train_config`` artifact)
+    the configuration the run trained with."""
     from steps.report import CURVES
 
     out: list = [Markdown(f"# {title}")]
     if info:
         out.append(Markdown("  \n".join(f"**{k}**: {v}" for k, v in info.items())))
+    if train_config:
+        out.append(Markdown("## Training config (resolved)"))
+        out.append(config_table(train_config))
     if metrics is None or len(metrics) == 0:
         out.append(Markdown("_No training steps were logged._"))
         return out
@@ -154,7 +171,7 @@ def results_components(summary: Mapping[str, Any], comparison: pd.DataFrame, eva
                        train_metrics: pd.DataFrame | None = None) -> list:
     out: list = [Markdown(f"# ptdpo run: {summary.get('name')}"),
                  Markdown(f"**policy** {summary.get('policy')} · **algorithm** {summary.get('algorithm')} · "
-                          f"**PTD** {json.dumps(summary.get('ptd'))} · **train items** {summary.get('train_items')} · "
+                          f"**train items** {summary.get('train_items')} · "
                           f"**audit pass rate** {_fmt(summary.get('audit_pass_rate'))}")]
     out.append(Markdown("## Results (accuracy) and deltas against the base model"))
     out.append(_table(comparison))
@@ -179,6 +196,9 @@ def results_components(summary: Mapping[str, Any], comparison: pd.DataFrame, eva
         out.append(Markdown(f"**Benchmarks that failed to evaluate:** {', '.join(summary['eval_errors'])}"))
     out.append(Markdown("## All metrics"))
     out.append(_table(eval_results))
+    if summary.get("train_config"):
+        out.append(Markdown("## Training config (resolved)"))
+        out.append(config_table(summary["train_config"]))
     if train_metrics is not None and len(train_metrics):
         out.extend(training_components(train_metrics, title="Training curves")[1:])
     return out

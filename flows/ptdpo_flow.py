@@ -210,7 +210,7 @@ class PTDPOFlow(FlowSpec):
             fail_after_step=self.fail_after_step if self.fail_after_step >= 0 else None,
         )
         self._store_training(cfg, out, source)
-        for c in training_components(self.train_metrics, info=self._training_info(cfg)):
+        for c in training_components(self.train_metrics, info=self._training_info(cfg), train_config=self.train_config):
             current.card["training"].append(c)
         self.next(self.trained)
 
@@ -260,7 +260,7 @@ class PTDPOFlow(FlowSpec):
         self.nodes_resumed_from = [inp.node_resumed_from for inp in sorted(inputs, key=lambda i: i.node_index)]
         self.merge_artifacts(inputs, exclude=["node_index", "node_resumed_from", *TRAINING_ARTIFACTS])
         cfg = self.config.to_dict()
-        for c in training_components(self.train_metrics, info=self._training_info(cfg)):
+        for c in training_components(self.train_metrics, info=self._training_info(cfg), train_config=self.train_config):
             current.card["training"].append(c)
         self.next(self.trained)
 
@@ -318,6 +318,7 @@ class PTDPOFlow(FlowSpec):
             cfg, self.data_manifest, self.audit_report, self.train_metrics, self.eval_results,
             self.eval_comparison,
             train_info={"final_step": self.final_step, "resumed_from_step": self.resumed_from_step},
+            train_config=self.train_config,
         )
         for c in results_components(self.summary, self.eval_comparison, self.eval_results, self.train_metrics):
             current.card["report"].append(c)

@@ -12,14 +12,11 @@ from typing import Any
 
 import pandas as pd
 
-# Training-curve metrics shown in the cards and summarised here: (column, label).
-CURVES = (
-    ("reward", "reward"),
-    ("accuracy", "accuracy"),
-    ("ptd_loss", "PTD loss (Top-K JSD)"),
-    ("student_entropy", "entropy"),
-    ("informative_groups", "informative-group fraction"),
-    ("response_length", "response length (tokens)"),
+from ptdpo.metrics import curves as metric_curves
+
+# Training-curve metrics shown in the cards and summarised here: (column, label) from the registry.
+CURVES = metric_curves(
+    "reward", "accuracy", "ptd_loss", "ptd_loss_weighted", "student_entropy", "informative_groups", "response_length",
 )
 
 
@@ -68,6 +65,14 @@ def training_summary(train_metrics: pd.DataFrame, last: int = 5) -> dict[str, An
     return out
 
 
+def resolved_train_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config["train"]`` typed and resolved (``TrainConfig.resolved().to_dict()``); {} without it."""
+    from ptdpo.config import train_config_from_dict
+
+    train = config.get("train")
+    return train_config_from_dict(dict(train)).to_dict() if train else {}
+
+
 def build_summary(
     config: Mapping[str, Any],
     data_manifest: Mapping[str, Any],
@@ -76,9 +81,15 @@ def build_summary(
     eval_results: pd.DataFrame,
     comparison: pd.DataFrame,
     train_info: Mapping[str, Any] | None = None,
+    train_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``summary`` artifact: a small JSON-able dict a script or a dashboard can read."""
+    """The ``summary`` artifact: a small JSON-able dict a script or a dashboard can read.
+
+    ``train_config`` is the resolved training config (the flow's ``train_config`` artifact:
+    ``TrainConfig.resolved().to_dict()``, algorithm defaults filled in); without it, ``config["train"]``
+    is resolved here. The summary reports that, never the raw JSON section."""
     train_info = dict(train_info or {})
+    resolved = dict(train_config) if train_config is not None else resolved_train_config(config)
     bench = {}
     for _, row in comparison.iterrows():
         entry = {k: _f(v) for k, v in row.items() if k != "benchmark"}
@@ -87,9 +98,10 @@ def build_summary(
     audit = dict(audit_report or {})
     return {
         "name": config.get("name"),
-        "policy": (config.get("train") or {}).get("policy"),
-        "algorithm": (config.get("train") or {}).get("algorithm", "grpo"),
-        "ptd": (config.get("train") or {}).get("ptd", {}),
+        "policy": resolved.get("policy"),
+        "algorithm": resolved.get("algorithm"),
+        "ptd": resolved.get("ptd", {}),
+        "train_config": resolved,
         "train_items": (data_manifest.get("train") or {}).get("count"),
         "train_data_hash": (data_manifest.get("train") or {}).get("content_hash"),
         "audit_pass_rate": audit.get("pass_rate"),

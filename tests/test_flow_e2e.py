@@ -202,6 +202,7 @@ def test_tiny_config_runs_the_whole_dag(tmp_path):
     s = d.summary
     assert s["name"] == "tiny" and s["training"]["final_step"] == cfg["train"]["max_steps"]
     assert set(s["results"]) >= {"synthetic_id", "synthetic_ood", "overall (mean accuracy)"}
+    assert s["train_config"] == d.train_config and s["ptd"] == d.train_config["ptd"]  # resolved, not the raw JSON
     assert d.versions["metaflow"] == "2.19.39"
 
     # every checkpoint went through @checkpoint; the trained weights through @model and load back
@@ -217,7 +218,8 @@ def test_tiny_config_runs_the_whole_dag(tmp_path):
     assert sum(p.numel() for p in model.parameters()) > 100_000
 
     # cards: plots as PNG images, tables as tables
-    assert_card_has_plot_and_table(train_task, "training", "reward", "ptd_loss", "informative_groups", "student_entropy")
+    assert_card_has_plot_and_table(train_task, "training", "reward", "ptd_loss", "informative_groups", "student_entropy",
+                                   "Training config (resolved)", "ptd.lambda_ptd", "clip_high")
     assert_card_has_plot_and_table(run["audit"].task, "audit", "pass_rate")
     assert_card_has_plot_and_table(run["report"].task, "report", "synthetic_ood", "trained Δabs")
 

@@ -1,8 +1,9 @@
 """PTD-PO objectives: Top-K divergence with tail, memory-bounded chunked paths, advantages,
-policy losses and the PTD mask. All pure functions over tensors (no model code)."""
+policy losses, the PTD mask and the total PTD-PO loss. All pure functions over tensors (no model code)."""
 
 from ptdpo.objectives.chunked import DEFAULT_CHUNK_SIZE, chunked_token_logprobs, chunked_topk_jsd_loss
 from ptdpo.objectives.divergence import DIVERGENCES, SUPPORTS, full_jsd_loss, topk_jsd_loss
+from ptdpo.objectives.loss import LossCounts, ptdpo_loss
 from ptdpo.objectives.policy import (
     ADVANTAGE_ESTIMATORS,
     CLIP_PRESETS,
@@ -36,6 +37,7 @@ __all__ = [
     "DIVERGENCES",
     "KL_ESTIMATORS",
     "LOSS_AGG_MODES",
+    "LossCounts",
     "POLICY_LOSSES",
     "SUPPORTS",
     "aggregate_loss",
@@ -57,6 +59,7 @@ __all__ = [
     "overlong_reward_penalty",
     "ppo_clip_loss",
     "ptd_mask",
+    "ptdpo_loss",
     "reduce_ptd_loss",
     "ref_kl_group_mask",
     "register_advantage_fn",

@@ -13,16 +13,16 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ptdpo.config import ALGO_DEFAULTS
+
 # Log-ratios are clamped before exp() so a stale or broken rollout cannot overflow to inf.
 LOG_RATIO_CLAMP = 20.0
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
-# (clip_low, clip_high) of the paper's algorithms, for configs.
+# (clip_low, clip_high) of the paper's algorithms: a view of the algorithm defaults of the config.
 CLIP_PRESETS: dict[str, tuple[float, float]] = {
-    "grpo": (0.2, 0.2),
-    "dapo": (0.2, 0.28),  # clip-higher
-    "gspo": (3e-4, 4e-4),
+    algo: (d["clip_low"], d["clip_high"]) for algo, d in ALGO_DEFAULTS.items()
 }
 
 ADVANTAGE_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {}

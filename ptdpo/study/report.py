@@ -9,17 +9,12 @@ from typing import Any
 
 import pandas as pd
 
-CURVES = [
-    ("accuracy", "rollout accuracy"),
-    ("informative_groups", "informative-group fraction"),
-    ("all_fail_groups", "all-fail group fraction"),
-    ("student_entropy", "student entropy (nats/token)"),
-    ("response_length", "response length (tokens)"),
-    ("ptd_loss", "PTD loss (Top-K JSD)"),
-    ("teacher_entropy", "teacher entropy (nats/token)"),
-    ("kl_ref", "KL to reference"),
-    ("kl_masked_rollout_frac", "rollouts with the reference KL masked"),
-]
+from ptdpo.metrics import curves as metric_curves
+
+CURVES = metric_curves(
+    "accuracy", "informative_groups", "all_fail_groups", "student_entropy", "response_length", "ptd_loss",
+    "teacher_entropy", "kl_ref", "kl_masked_rollout_frac",
+)
 
 
 def smooth(s: pd.Series, window: int) -> pd.Series:

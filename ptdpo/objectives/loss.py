@@ -1,0 +1,124 @@
+"""The total PTD-PO loss of one micro-batch (METHOD.md 2.7), as one pure function.
+
+    L = L_RL + kl_coef * KL_ref + lambda_ptd * L_PTD
+
+    L_RL   = the policy loss (PPO clip for GRPO / DAPO, GSPO's sequence ratio) of the policy-gradient
+             tokens, reduced by ``aggregate_loss`` with the step's global normaliser: N_pg_tok for
+             ``token-mean``, N_pg_seq for the ``seq-*`` modes;
+    KL_ref = (1 / N_kl) sum_{(i,t) in KL} k(log pi(o_it), log pi_ref(o_it)), k the k1/k2/k3 estimator,
+             KL the policy-gradient tokens of rollouts whose reference KL is on;
+    L_PTD  = (1 / N_ptd) sum_{(i,t) in PTD} D_t, D_t the Top-K divergence of PTD token t (computed
+             from hidden states by ``chunked_topk_jsd_loss``).
+
+Every N is a count over the whole optimizer step (all micro-batches, all data-parallel ranks), given
+in :class:`LossCounts`. A micro-batch's loss is then its exact share of the step's loss: summed over
+micro-batches (and ranks) it equals the loss of the step computed as one batch, and so do the
+gradients, whatever the split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ptdpo.objectives.policy import _at_least_one, get_policy_loss_fn, kl_penalty, reduce_ptd_loss
+
+PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass(frozen=True)
+class LossCounts:
+    """The normalisers of one optimizer step, summed over its micro-batches and data-parallel ranks."""
+
+    pg_tokens: float  # N_pg_tok: response tokens of policy-gradient rollouts
+    pg_seqs: float  # N_pg_seq: policy-gradient rollouts
+    kl_tokens: float  # N_kl: the tokens the reference KL is averaged over
+    ptd_tokens: float  # N_ptd: response tokens of PTD rollouts
+
+    def __post_init__(self) -> None:
+        for name in ("pg_tokens", "pg_seqs", "kl_tokens", "ptd_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"LossCounts.{name} must be a count >= 0, got {value!r}")
+
+    def pg_normalizer(self, loss_agg_mode: str) -> float:
+        """N_pg of ``aggregate_loss``: sequences for the seq-* modes, tokens for token-mean."""
+        return self.pg_seqs if loss_agg_mode.startswith("seq-") else self.pg_tokens
+
+
+def ptdpo_loss(
+    counts: LossCounts,
+    *,
+    log_prob: torch.Tensor | None = None,
+    old_log_prob: torch.Tensor | None = None,
+    advantages: torch.Tensor | None = None,
+    pg_mask: torch.Tensor | None = None,
+    ref_log_prob: torch.Tensor | None = None,
+    kl_mask: torch.Tensor | None = None,
+    ptd_divergence: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    lambda_ptd: float = 0.0,
+    kl_estimator: str = "k3",
+    policy_loss: str | PolicyLossFn = "ppo",
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    loss_agg_mode: str = "token-mean",
+    max_response_len: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """This micro-batch's share of L = L_RL + kl_coef * KL_ref + lambda_ptd * L_PTD (module docstring).
+
+    Shapes: B rollouts, T response positions. ``log_prob`` / ``old_log_prob`` [B, T] are the log-probs
+    of the sampled tokens under pi_theta (with gradient) and pi_old; ``advantages`` [B] or [B, T];
+    ``pg_mask`` [B, T] the policy-gradient tokens. ``ref_log_prob`` [B, T] and ``kl_mask`` [B, T] (a
+    subset of ``pg_mask``) give the reference KL term. ``ptd_divergence`` holds D_t of the
+    micro-batch's PTD tokens (any shape, every entry a PTD token).
+
+    A term whose inputs are not given is absent: no ``log_prob``, no L_RL and no KL; no
+    ``ref_log_prob``, no KL (pass it only when the run has the KL term: kl_coef > 0); no
+    ``ptd_divergence``, no L_PTD. With no term the loss is a constant 0.
+
+    ``policy_loss`` is a registered name (``get_policy_loss_fn``) or the function itself.
+
+    Returns (loss, parts); parts are detached 0-dim tensors: ``pg_loss``, ``kl_ref``, ``ptd_loss``
+    (each term's share, unweighted), ``kl_ref_sum`` and ``ptd_loss_sum`` (token sums, for exact
+    means after summing over micro-batches and ranks), and the policy loss's statistics.
+    """
+    pieces: list[torch.Tensor] = []
+    parts: dict[str, torch.Tensor] = {}
+    if log_prob is not None:
+        if old_log_prob is None or advantages is None or pg_mask is None:
+            raise ValueError("ptdpo_loss: log_prob needs old_log_prob, advantages and pg_mask")
+        fn = get_policy_loss_fn(policy_loss) if isinstance(policy_loss, str) else policy_loss
+        pg, stats = fn(
+            log_prob, old_log_prob, advantages, pg_mask,
+            clip_low=clip_low, clip_high=clip_high, loss_agg_mode=loss_agg_mode,
+            global_normalizer=counts.pg_normalizer(loss_agg_mode), max_response_len=max_response_len,
+        )
+        pieces.append(pg)
+        parts["pg_loss"] = pg.detach()
+        parts.update(stats)
+        if ref_log_prob is not None:
+            if kl_mask is None:
+                raise ValueError("ptdpo_loss: ref_log_prob needs kl_mask (the tokens with the reference KL on)")
+            kl_tok = kl_penalty(log_prob, ref_log_prob, kl_estimator)
+            # where, not a product: positions outside the mask must not leak inf/NaN into the sum
+            kl_sum = torch.where(kl_mask.bool(), kl_tok, torch.zeros_like(kl_tok)).sum()
+            denom = _at_least_one(counts.kl_tokens, kl_sum)
+            pieces.append(kl_coef * kl_sum / denom)
+            parts["kl_ref_sum"] = kl_sum.detach()
+            parts["kl_ref"] = (kl_sum / denom).detach()
+    elif ref_log_prob is not None:
+        raise ValueError("ptdpo_loss: the reference KL needs log_prob (the policy's log-probs)")
+    if ptd_divergence is not None:
+        share = reduce_ptd_loss(ptd_divergence, counts.ptd_tokens)
+        pieces.append(lambda_ptd * share)
+        parts["ptd_loss_sum"] = ptd_divergence.detach().sum()
+        parts["ptd_loss"] = share.detach()
+    # A float32 zero first, as the loss accumulates in float32 even when the model runs in bf16.
+    device = pieces[0].device if pieces else None
+    loss = torch.zeros((), dtype=torch.float32, device=device)
+    for piece in pieces:
+        loss = loss + piece
+    return loss, parts
