@@ -5,8 +5,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ptdpo"
 MAX_LINES = 600
@@ -127,19 +125,5 @@ def _over_limit() -> dict[str, int]:
     return {p: n for p, n in sorted(sizes.items()) if n > MAX_LINES}
 
 
-# Other slices of issue 14 split these modules; until they land, the size rule is reported, not enforced.
-_STILL_OVER = ("ptdpo/rewards.py", "ptdpo/hints/audit.py", "ptdpo/trainer.py")
-
-
-@pytest.mark.xfail(
-    condition=bool(set(_over_limit()) & set(_STILL_OVER)),
-    reason=f"modules split by other slices of issue 14, still over {MAX_LINES} lines: {', '.join(_STILL_OVER)}",
-    strict=False,
-)
 def test_no_module_over_the_size_limit():
     assert _over_limit() == {}
-
-
-def test_no_other_module_over_the_size_limit():
-    """Enforced now for every module outside the listed ones: no new module may grow past the limit."""
-    assert {p: n for p, n in _over_limit().items() if p not in _STILL_OVER} == {}
