@@ -42,7 +42,7 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
 # The loss aggregations of ptdpo.objectives.policy (LOSS_AGG_MODES; a test keeps the two equal): the
 # config names them without importing torch.
 LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
-# Adam's betas and PTD's JSD mixing weight: strictly inside (0, 1) would exclude beta1 = 0 (no momentum).
+# Adam's betas may be 0 (no momentum) but not 1; the JSD mixing weight beta lies strictly inside (0, 1).
 AdamBeta = Annotated[float, Range(ge=0, lt=1)]
 OpenUnit = Annotated[float, Range(gt=0, lt=1)]
 
