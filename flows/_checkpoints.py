@@ -38,7 +38,10 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ptdpo.run_config import RunConfig
 
 CHECKPOINT_NAME = "train"
 
@@ -211,23 +214,22 @@ class _Watcher(threading.Thread):
             self.sweep()
 
 
-def train_with_checkpoints(current: Any, cfg: dict, items: list, hints_table: Any, verdicts: Any,
+def train_with_checkpoints(current: Any, run_config: RunConfig, items: list, hints_table: Any, verdicts: Any,
                            resume_from: str | None, fail_after_step: int | None = None, gang: Gang | None = None):
-    """Run ``steps.train`` in this process (CPU, one GPU) or under torchrun (several GPUs, or several
-    nodes with ``gang``: one torchrun agent per node, ``max(gpu, 1)`` processes each), saving every
-    checkpoint rank 0 writes through ``@checkpoint``. Returns ``steps.train.TrainOutput``; None on the
-    nodes other than node 0."""
-    from _common import uses_hints
-
+    """Run ``steps.train`` on ``run_config.train`` in this process (CPU, one GPU) or under torchrun (several
+    GPUs, or several nodes with ``gang``: one torchrun agent per node, ``max(gpu, 1)`` processes each),
+    saving every checkpoint rank 0 writes through ``@checkpoint``. Returns ``steps.train.TrainOutput``;
+    None on the nodes other than node 0."""
     from steps.audit import usable_hints
     from steps.train import launch_torchrun, run_training, write_job
 
-    hints = usable_hints(hints_table.to_dict("records"), verdicts) if uses_hints(cfg) else {}
+    train = run_config.train
+    hints = usable_hints(hints_table.to_dict("records"), verdicts) if train.ptd.uses_hints else {}
     out_dir = Path(tempfile.mkdtemp(prefix="ptdpo-train-"))
     on_checkpoint = checkpoint_saver(current, out_dir / "staging")
-    gpus = int(cfg["resources"]["train"].get("gpu") or 0)
+    gpus = int(run_config.resources["train"].gpu or 0)
     if gang is not None and gang.num_nodes > 1:
-        workdir = write_job(out_dir / "job", cfg["train"], items, hints, resume_from, fail_after_step)
+        workdir = write_job(out_dir / "job", train, items, hints, resume_from, fail_after_step)
         launch = dict(nproc=max(gpus, 1), nnodes=gang.num_nodes, node_rank=gang.node_index,
                       master_addr=gang.main_ip, master_port=gang.master_port)
         print(f"[ptdpo] node {gang.node_index} of {gang.num_nodes}: torchrun with {launch['nproc']} process(es), "
@@ -236,13 +238,13 @@ def train_with_checkpoints(current: Any, cfg: dict, items: list, hints_table: An
             return launch_torchrun(workdir, **launch)
         return _with_watcher(workdir, on_checkpoint, lambda: launch_torchrun(workdir, **launch))
     if gpus > 1:
-        workdir = write_job(out_dir / "job", cfg["train"], items, hints, resume_from, fail_after_step)
+        workdir = write_job(out_dir / "job", train, items, hints, resume_from, fail_after_step)
         return _with_watcher(workdir, on_checkpoint, lambda: launch_torchrun(workdir, nproc=gpus))
     import torch
 
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, min(int(os.environ.get("PTDPO_NUM_THREADS", "2")), os.cpu_count() or 1)))
-    return run_training(cfg["train"], items, hints, out_dir, resume_from=resume_from,
+    return run_training(train, items, hints, out_dir, resume_from=resume_from,
                         fail_after_step=fail_after_step, on_checkpoint=on_checkpoint, progress=False)
 
 

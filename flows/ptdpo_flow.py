@@ -28,10 +28,11 @@ Training takes one of two branches, chosen by ``audit`` (a switch on ``train_lay
   ``evaluate`` in a local run, but its Argo compiler then emits the evaluation twice and an empty foreach
   template; a join step cannot fan out itself. So one bookkeeping step fans out ``evaluate`` for both.
 
-Artifacts a script may rely on: ``config`` (the resolved config), ``data_manifest``, ``hints`` (table)
-with ``hints_hash``, ``audit_report`` (with ``audit_verdicts``), ``train_metrics`` (one row per step),
-``policy`` (the ``@model`` reference of the trained weights), ``eval_results`` (benchmark, model, metric,
-value, n), ``eval_comparison``, ``summary``; also ``versions``, ``train_config``, ``resumed_from_step``,
+Artifacts a script may rely on: ``config`` (the config file, ``extends`` resolved), ``run_config`` (the
+same, typed and checked: ``ptdpo.run_config.RunConfig``, what the steps read), ``data_manifest``,
+``hints`` (table) with ``hints_hash``, ``audit_report`` (with ``audit_verdicts``), ``train_metrics`` (one
+row per step), ``policy`` (the ``@model`` reference of the trained weights), ``eval_results`` (benchmark,
+model, metric, value, n), ``eval_comparison``, ``summary``; also ``versions``, ``train_config``, ``resumed_from_step``,
 ``resumed_from``, ``final_step`` and ``train_world_size`` (processes that trained together), the same
 on both branches (``run.data.<name>``); multi-node runs add ``nodes_resumed_from`` (per node)."""
 
@@ -44,19 +45,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # flows/_common.py whe
 
 from _common import (  # noqa: E402
     DEFAULT_CONFIG,
-    audit_run_config,
     ensure_import_path,
-    hint_cache_dir,
-    hint_generator_config,
-    hints_table,
     parse_config,
     ptdpo_platform,
     run_workers_with_this_python,
     step_resources,
     step_retry,
     step_timeout,
-    train_nodes,
-    uses_hints,
 )
 from metaflow import (  # noqa: E402
     Config,
@@ -97,19 +92,18 @@ class PTDPOFlow(FlowSpec):
     # ------------------------------------------------------------------------------------- start
     @step
     def start(self):
-        """Check the config, fix the seed, record versions."""
-        from _common import check_config
+        """Type the config once (``run_config``, which every later step reads), fix the seed, record
+        versions."""
+        from ptdpo.run_config import run_config_from_dict
 
-        from ptdpo.config import train_config_from_dict
-
-        cfg = self.config.to_dict()
-        check_config(cfg)
-        self.train_config = train_config_from_dict(cfg["train"]).to_dict()
+        rc = run_config_from_dict(self.config.to_dict())
+        self.run_config = rc
+        self.train_config = rc.train.to_dict()
         self.versions = _versions()
-        self.seed = int(cfg.get("seed", 0))
-        n = int((cfg.get("hints") or {}).get("shards", 1))
+        self.seed = rc.seed
+        n = rc.hints.shards if rc.hints is not None else 1
         self.hint_shards = list(range(n))
-        print(f"config {cfg['name']!r}: policy {cfg['train']['policy']}, {n} hint shard(s)")
+        print(f"config {rc.name!r}: policy {rc.train.policy}, {n} hint shard(s)")
         self.next(self.prepare_data)
 
     @resources(**step_resources("prepare_data"))
@@ -118,12 +112,12 @@ class PTDPOFlow(FlowSpec):
         """Load the training set, resolve the benchmarks, write the manifest."""
         from steps.data import eval_branches, prepare_data
 
-        cfg = self.config.to_dict()
-        prepared = prepare_data(cfg["data"], cfg.get("eval"), seed=self.seed)
+        rc = self.run_config
+        prepared = prepare_data(rc.data, rc.eval, seed=self.seed)
         self.train_items = prepared.train_items
         self.benchmarks = prepared.benchmarks
         self.data_manifest = prepared.manifest
-        self.eval_branches = eval_branches(prepared.benchmarks, list(cfg["eval"].get("models", ["base", "trained"])))
+        self.eval_branches = eval_branches(prepared.benchmarks, rc.eval.models)
         print(f"train: {self.data_manifest['train']['count']} items, hash {self.data_manifest['train']['content_hash'][:12]}")
         self.next(self.generate_hints, foreach="hint_shards")
 
@@ -135,14 +129,15 @@ class PTDPOFlow(FlowSpec):
     def generate_hints(self):
         """One hint per item of this shard, audited with feedback, cached per shard (a retry or a resume
         reuses the finished items)."""
-        from steps.hints import generate_hints_shard, shard_items
+        from steps.hints import generate_hints_shard, hint_cache_dir, shard_items
 
-        cfg = self.config.to_dict()
+        rc = self.run_config
         self.shard = self.input
         items = shard_items(self.train_items, len(self.hint_shards))[self.shard]
-        if uses_hints(cfg):
+        if rc.train.ptd.uses_hints:
+            run_name = f"{current.flow_name}-{getattr(current, 'origin_run_id', None) or current.run_id}"
             self.shard_hints, failures = generate_hints_shard(
-                items, hint_generator_config(cfg), hint_cache_dir(cfg, current), shard_index=self.shard
+                items, rc.hints, hint_cache_dir(rc.hints.cache_dir, run_name), shard_index=self.shard
             )
             print(f"shard {self.shard}: {len(self.shard_hints)} items, {len(failures)} not usable")
         else:
@@ -153,7 +148,7 @@ class PTDPOFlow(FlowSpec):
     @step
     def join_hints(self, inputs):
         """One hints table for the whole training set (``hints``) and its hash (``hints_hash``)."""
-        from steps.hints import join_hint_shards
+        from steps.hints import hints_table, join_hint_shards
 
         self.hints, self.hints_hash = hints_table(join_hint_shards([inp.shard_hints for inp in inputs]))
         self.merge_artifacts(inputs, exclude=["shard", "shard_hints"])
@@ -170,11 +165,11 @@ class PTDPOFlow(FlowSpec):
 
         from steps.audit import run_audit
 
-        cfg = self.config.to_dict()
-        if uses_hints(cfg):
+        rc = self.run_config
+        if rc.train.ptd.uses_hints:
             try:
                 self.audit_verdicts, self.audit_report = run_audit(
-                    self.train_items, self.hints.to_dict("records"), audit_run_config(cfg)
+                    self.train_items, self.hints.to_dict("records"), rc.hints.audit
                 )
             except Exception as e:
                 self.audit_report = getattr(e, "report", {"error": str(e)})  # kept with the failed task
@@ -184,7 +179,7 @@ class PTDPOFlow(FlowSpec):
             self.audit_verdicts, self.audit_report = None, {"skipped": "train.ptd does not use hints"}
         for c in audit_components(self.audit_report, self.audit_verdicts, self.hints):
             current.card["audit"].append(c)
-        self.train_nodes_count = train_nodes(cfg)
+        self.train_nodes_count = rc.train_nodes
         self.train_layout = "multi_node" if self.train_nodes_count > 1 else "one_node"
         self.next({"one_node": self.train, "multi_node": self.launch_nodes}, condition="train_layout")
 
@@ -203,14 +198,13 @@ class PTDPOFlow(FlowSpec):
         from _cards import training_components
         from _checkpoints import restore_for_training, train_with_checkpoints
 
-        cfg = self.config.to_dict()
         resume_from, source = restore_for_training(current, self.__class__.__name__)
         out = train_with_checkpoints(
-            current, cfg, self.train_items, self.hints, self.audit_verdicts, resume_from,
+            current, self.run_config, self.train_items, self.hints, self.audit_verdicts, resume_from,
             fail_after_step=self.fail_after_step if self.fail_after_step >= 0 else None,
         )
-        self._store_training(cfg, out, source)
-        for c in training_components(self.train_metrics, info=self._training_info(cfg), train_config=self.train_config):
+        self._store_training(out, source)
+        for c in training_components(self.train_metrics, info=self._training_info(), train_config=self.train_config):
             current.card["training"].append(c)
         self.next(self.trained)
 
@@ -232,19 +226,18 @@ class PTDPOFlow(FlowSpec):
         saves the checkpoints and the final weights."""
         from _checkpoints import Gang, restore_for_training, train_with_checkpoints
 
-        cfg = self.config.to_dict()
         gang = Gang.from_current(current)
         resume_from, source = restore_for_training(current, self.__class__.__name__, current.step_name,
                                                    control_task_id=current.parallel.control_task_id)
         print(f"[ptdpo] node {gang.node_index}: continuing from {source or 'the base policy'}")
         out = train_with_checkpoints(
-            current, cfg, self.train_items, self.hints, self.audit_verdicts, resume_from,
+            current, self.run_config, self.train_items, self.hints, self.audit_verdicts, resume_from,
             fail_after_step=self.fail_after_step if self.fail_after_step >= 0 else None, gang=gang,
         )
         self.node_index = gang.node_index
         self.node_resumed_from = source  # what this node restored (the same on every node)
         if out is not None:  # node 0
-            self._store_training(cfg, out, source)
+            self._store_training(out, source)
         self.next(self.join_nodes)
 
     @card(type="blank", id="training")
@@ -259,8 +252,7 @@ class PTDPOFlow(FlowSpec):
             setattr(self, name, getattr(node0, name))
         self.nodes_resumed_from = [inp.node_resumed_from for inp in sorted(inputs, key=lambda i: i.node_index)]
         self.merge_artifacts(inputs, exclude=["node_index", "node_resumed_from", *TRAINING_ARTIFACTS])
-        cfg = self.config.to_dict()
-        for c in training_components(self.train_metrics, info=self._training_info(cfg), train_config=self.train_config):
+        for c in training_components(self.train_metrics, info=self._training_info(), train_config=self.train_config):
             current.card["training"].append(c)
         self.next(self.trained)
 
@@ -279,12 +271,11 @@ class PTDPOFlow(FlowSpec):
         """One (benchmark, model) pair: the base policy or the trained weights (loaded from ``@model``)."""
         from steps.evaluate import evaluate_benchmark
 
-        cfg = self.config.to_dict()
+        rc = self.run_config
         self.branch = {"benchmark": self.input["benchmark"]["name"], "model": self.input["model"]}
-        model_ref = cfg["train"]["policy"] if self.input["model"] == "base" else current.model.load(self.policy)
+        model_ref = rc.train.policy if self.input["model"] == "base" else current.model.load(self.policy)
         self.predictions, self.branch_results, self.branch_error = evaluate_benchmark(
-            model_ref, self.input["benchmark"], (cfg.get("eval") or {}).get("generation"),
-            model_name=self.input["model"],
+            model_ref, self.input["benchmark"], rc.eval.generation, model_name=self.input["model"],
         )
         if self.branch_error:
             print(f"evaluation of {self.branch} failed: {self.branch_error}", file=sys.stderr)
@@ -311,11 +302,10 @@ class PTDPOFlow(FlowSpec):
 
         from steps.report import build_summary, comparison_table
 
-        cfg = self.config.to_dict()
-        baselines = _baseline_results((cfg.get("report") or {}).get("baselines") or {})
+        baselines = _baseline_results(self.run_config.report.baselines)
         self.eval_comparison = comparison_table(self.eval_results, baselines)
         self.summary = build_summary(
-            cfg, self.data_manifest, self.audit_report, self.train_metrics, self.eval_results,
+            self.config.to_dict(), self.data_manifest, self.audit_report, self.train_metrics, self.eval_results,
             self.eval_comparison,
             train_info={"final_step": self.final_step, "resumed_from_step": self.resumed_from_step},
             train_config=self.train_config,
@@ -331,7 +321,7 @@ class PTDPOFlow(FlowSpec):
 
 
     # ------------------------------------------------------------------------- training results
-    def _store_training(self, cfg: dict, out, source: str | None) -> None:
+    def _store_training(self, out, source: str | None) -> None:
         """The training artifacts (:data:`TRAINING_ARTIFACTS`) from a ``steps.train.TrainOutput``; the final
         weights through ``@model``."""
         self.train_metrics = out.metrics
@@ -341,13 +331,14 @@ class PTDPOFlow(FlowSpec):
         self.train_world_size = int(out.world_size)
         self.policy = current.model.save(
             str(out.model_dir), label="policy",
-            metadata={"policy": cfg["train"]["policy"], "step": self.final_step, "config": cfg["name"]},
+            metadata={"policy": self.run_config.train.policy, "step": self.final_step, "config": self.run_config.name},
         )
 
-    def _training_info(self, cfg: dict) -> dict:
-        return {"config": cfg["name"], "policy": cfg["train"]["policy"], "final step": self.final_step,
+    def _training_info(self) -> dict:
+        rc = self.run_config
+        return {"config": rc.name, "policy": rc.train.policy, "final step": self.final_step,
                 "resumed from step": self.resumed_from_step, "resumed from": self.resumed_from or "scratch",
-                "nodes": train_nodes(cfg), "processes": self.train_world_size}
+                "nodes": rc.train_nodes, "processes": self.train_world_size}
 
 
 TRAINING_ARTIFACTS = ("train_metrics", "policy", "final_step", "resumed_from_step", "resumed_from",

@@ -1,17 +1,32 @@
-"""The typed training configuration: one schema, loaded from the flow's Config JSON.
+"""The typed training configuration: one schema, loaded from the ``train`` section of a run config.
 
-Unknown keys are an error (a typo such as ``lamda_ptd`` must not silently train the baseline).
-Values that depend on the algorithm (clip range, loss aggregation, KL) default to ``None`` and are
-resolved by :meth:`TrainConfig.resolved` to the paper's choice for that algorithm.
+Unknown keys are an error (a typo such as ``lamda_ptd`` must not silently train the baseline), and so is
+every value that does not fit its field: each field's annotation is its check (``ptdpo.config_fields``:
+``bool`` takes only ``true``/``false``, ``int`` no string or fraction, ``Literal`` only the listed
+values, ``PositiveFloat`` only numbers > 0...). Every problem names its key path and value, and all
+problems are reported together. Values that depend on the algorithm (clip range, loss aggregation, KL)
+default to ``None`` and are resolved by :meth:`TrainConfig.resolved` to the paper's choice for that
+algorithm.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-ALGORITHMS = ("grpo", "dapo", "gspo")
+from ptdpo.config_fields import (
+    FieldProblems,
+    Fraction,
+    Name,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+    build,
+    instance_problems,
+)
 
 # The paper's / the algorithms' own defaults (METHOD.md 2.7).
 ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -24,8 +39,16 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-class ConfigError(ValueError):
-    pass
+# The loss aggregations of ptdpo.objectives.policy (LOSS_AGG_MODES; a test keeps the two equal): the
+# config names them without importing torch.
+LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+# Adam's betas may be 0 (no momentum) but not 1; the JSD mixing weight beta lies strictly inside (0, 1).
+AdamBeta = Annotated[float, Range(ge=0, lt=1)]
+OpenUnit = Annotated[float, Range(gt=0, lt=1)]
+
+
+class ConfigError(FieldProblems):
+    """A training config that cannot be used; ``problems`` lists every problem, each with its key path."""
 
 
 def merge_patch(base: dict[str, Any], over: dict[str, Any] | None) -> dict[str, Any]:
@@ -47,19 +70,19 @@ def merge_patch(base: dict[str, Any], over: dict[str, Any] | None) -> dict[str, 
 @dataclass
 class PTDConfig:
     enabled: bool = True
-    lambda_ptd: float = 0.05
-    tau_ptd: float = 1.0
-    k: int = 100
+    lambda_ptd: NonNegativeFloat = 0.05
+    tau_ptd: Fraction = 1.0
+    k: PositiveInt = 100
     support: Literal["union", "student", "teacher"] = "union"
     divergence: Literal["jsd", "forward_kl", "reverse_kl"] = "jsd"
-    beta: float = 0.5
+    beta: OpenUnit = 0.5
     teacher: Literal["ref", "old_policy"] = "ref"
     teacher_context: Literal["hint", "answer", "solution"] = "hint"
     mask_ref_kl_on_ptd_groups: bool = True
     ptd_on_filtered_groups: bool = True
     ptd_all_trajectories: bool = False
     ptd_skip_truncated: bool = False
-    chunk_size: int = 1024
+    chunk_size: PositiveInt = 1024
     # Ablation (METHOD.md 2.7): switch off the reference KL on the groups PTD would select, but apply
     # no distillation, separating the effect of KL masking from that of the hint teacher.
     mask_only: bool = False
@@ -85,66 +108,72 @@ class PTDConfig:
 
 @dataclass
 class TrainConfig:
-    policy: str = "tiny:0.5m"
+    # The library's default policy is for programmatic use; a run config must name its policy
+    # (train_config_from_dict(require_policy=True)).
+    policy: Name = "tiny:0.5m"
     algorithm: Literal["grpo", "dapo", "gspo"] = "grpo"
     advantage: Literal["grpo", "drgrpo"] = "grpo"
-    group_size: int = 8
-    prompts_per_step: int = 4
-    mini_batch_prompts: int | None = None  # None: one optimizer step per batch
-    micro_batch_rollouts: int = 8  # rollouts per forward/backward (gradient accumulation)
-    epochs_per_batch: int = 1
-    max_steps: int = 10
-    epochs: float | None = None  # if set, it replaces max_steps: ceil(epochs * n_items / prompts_per_step)
-    lr: float = 1e-6
+    group_size: PositiveInt = 8
+    prompts_per_step: PositiveInt = 4
+    mini_batch_prompts: PositiveInt | None = None  # None: one optimizer step per batch
+    micro_batch_rollouts: PositiveInt = 8  # rollouts per forward/backward (gradient accumulation)
+    epochs_per_batch: PositiveInt = 1
+    max_steps: PositiveInt = 10
+    epochs: PositiveFloat | None = None  # if set, it replaces max_steps: ceil(epochs * n_items / prompts_per_step)
+    lr: PositiveFloat = 1e-6
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
-    warmup_steps: int = 0
-    weight_decay: float = 0.01
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0
-    clip_low: float | None = None
-    clip_high: float | None = None
-    loss_agg: str | None = None
-    kl_coef: float | None = None
+    warmup_steps: NonNegativeInt = 0
+    weight_decay: NonNegativeFloat = 0.01
+    adam_betas: tuple[AdamBeta, AdamBeta] = (0.9, 0.999)
+    grad_clip: PositiveFloat = 1.0
+    clip_low: PositiveFloat | None = None
+    clip_high: PositiveFloat | None = None
+    loss_agg: LossAgg | None = None
+    kl_coef: NonNegativeFloat | None = None
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_prompt_length: int = 4096
-    max_response_length: int = 64
-    acc_weight: float = 0.9
-    format_weight: float = 0.1
+    temperature: PositiveFloat = 1.0
+    top_p: Fraction = 1.0
+    max_prompt_length: PositiveInt = 4096
+    max_response_length: PositiveInt = 64
+    acc_weight: NonNegativeFloat = 0.9
+    format_weight: NonNegativeFloat = 0.1
     think_prefilled: bool = False
     enable_thinking: bool = False
     dynamic_sampling: bool | None = None
-    max_resample_rounds: int = 3
-    overlong_buffer: int | None = None  # DAPO: length of the soft-penalty window; 0 disables
-    overlong_penalty: float = 1.0
+    max_resample_rounds: NonNegativeInt = 3
+    overlong_buffer: NonNegativeInt | None = None  # DAPO: length of the soft-penalty window; 0 disables
+    overlong_penalty: NonNegativeFloat = 1.0
     ptd: PTDConfig = field(default_factory=PTDConfig)
     precision: Literal["fp32", "bf16"] = "fp32"
     sharding: Literal["none", "fsdp"] = "none"  # data-parallel replicas, or FSDP2 parameter sharding
     gradient_checkpointing: bool = False
     freeze_vision: bool = False
-    seed: int = 0
+    seed: NonNegativeInt = 0
     rollout_backend: Literal["hf", "vllm"] = "hf"
     vllm: dict[str, Any] = field(default_factory=dict)
-    min_pixels: int | None = None
-    max_pixels: int | None = None
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 2
-    max_nonfinite_in_row: int = 3
-    reward_workers: int = 4
-    reward_timeout_s: float = 5.0
+    min_pixels: PositiveInt | None = None
+    max_pixels: PositiveInt | None = None
+    checkpoint_every: NonNegativeInt = 0  # 0: no periodic checkpoints
+    keep_checkpoints: NonNegativeInt = 2  # 0: keep all
+    max_nonfinite_in_row: PositiveInt = 3
+    reward_workers: NonNegativeInt = 4  # 0: the reward module's default
+    reward_timeout_s: PositiveFloat = 5.0
 
-    def resolved(self) -> TrainConfig:
-        """A copy with the algorithm-dependent ``None`` fields filled in and every value checked."""
-        if self.algorithm not in ALGORITHMS:
-            raise ConfigError(f"train.algorithm: {self.algorithm!r} is not one of {ALGORITHMS}")
+    def resolved(self, where: str = "train") -> TrainConfig:
+        """A copy with the algorithm-dependent ``None`` fields filled in and every value checked (a config
+        built in code gets the same checks as one read from JSON)."""
+        problems = instance_problems(self, where)
+        if problems:
+            raise ConfigError(problems)
         out = dataclasses.replace(self, ptd=dataclasses.replace(self.ptd))
         for key, value in ALGO_DEFAULTS[self.algorithm].items():
             if getattr(out, key) is None:
                 setattr(out, key, value)
         if out.overlong_buffer is None:
             out.overlong_buffer = max(1, out.max_response_length // 4)
-        _check(out)
+        problems = _cross_field_problems(out, where)
+        if problems:
+            raise ConfigError(problems)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -156,43 +185,31 @@ class TrainConfig:
         return (self.ptd.distills and self.ptd.teacher == "ref") or bool(self.kl_coef)
 
 
-def _check(c: TrainConfig) -> None:
-    positive = ["group_size", "prompts_per_step", "micro_batch_rollouts", "epochs_per_batch",
-                "max_response_length", "max_prompt_length"]
-    for name in positive:
-        if getattr(c, name) < 1:
-            raise ConfigError(f"train.{name}: must be >= 1, got {getattr(c, name)}")
-    if c.mini_batch_prompts is not None and not (1 <= c.mini_batch_prompts <= c.prompts_per_step):
-        raise ConfigError("train.mini_batch_prompts: must be between 1 and train.prompts_per_step")
-    if c.temperature <= 0:
-        raise ConfigError("train.temperature: must be > 0 (the PTD logits are divided by it)")
-    if not 0 < c.top_p <= 1:
-        raise ConfigError("train.top_p: must be in (0, 1]")
-    if c.ptd.lambda_ptd < 0 or c.ptd.k < 1 or not 0 < c.ptd.beta < 1:
-        raise ConfigError("train.ptd: need lambda_ptd >= 0, k >= 1 and 0 < beta < 1")
-    if not 0 < c.ptd.tau_ptd <= 1:
-        raise ConfigError("train.ptd.tau_ptd: must be in (0, 1]")
+def _cross_field_problems(c: TrainConfig, where: str) -> list[str]:
+    """The checks that involve several fields (each field's own type and range is its annotation)."""
+    problems = []
+    if c.mini_batch_prompts is not None and c.mini_batch_prompts > c.prompts_per_step:
+        problems.append(f"{where}.mini_batch_prompts: must be between 1 and {where}.prompts_per_step "
+                        f"({c.prompts_per_step}), got {c.mini_batch_prompts}")
+    if c.min_pixels is not None and c.max_pixels is not None and c.min_pixels > c.max_pixels:
+        problems.append(f"{where}.min_pixels: must be <= {where}.max_pixels ({c.max_pixels}), got {c.min_pixels}")
     if c.algorithm == "gspo" and c.loss_agg != "seq-mean-token-mean":
-        raise ConfigError("train.loss_agg: GSPO is defined with sequence-level averaging")
+        problems.append(f"{where}.loss_agg: GSPO is defined with sequence-level averaging "
+                        f"('seq-mean-token-mean'), got {c.loss_agg!r}")
+    return problems
 
 
-def _from_dict(cls, data: dict[str, Any], where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        if name == "ptd":
-            value = _from_dict(PTDConfig, value, f"{where}.ptd")
-        elif name == "adam_betas":
-            value = tuple(value)
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def train_config_from_dict(data: dict[str, Any], where: str = "train") -> TrainConfig:
-    """Build and resolve a TrainConfig from the ``train`` section of a flow config."""
-    return _from_dict(TrainConfig, data, where).resolved()
+def train_config_from_dict(data: dict[str, Any], where: str = "train", require_policy: bool = False) -> TrainConfig:
+    """Build and resolve a TrainConfig from the ``train`` section of a config; :class:`ConfigError` lists
+    every problem. ``require_policy``: ``policy`` must be given (a run config; the default tiny policy
+    is only for code)."""
+    problems = []
+    if require_policy and isinstance(data, dict) and "policy" not in data:
+        problems.append(f"{where}.policy: missing (the policy to train: tiny:<size>, a folder or a hub id)")
+    try:
+        cfg = build(TrainConfig, data, where)
+    except FieldProblems as e:
+        raise ConfigError(problems + e.problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return cfg.resolved(where)

@@ -6,7 +6,8 @@ report dict (pass rate, leak rate, counts per reason, by generator, worst exampl
 the audit config it raises ``AuditFloorError`` (whose ``.report`` carries the report) when the pass
 rate is below it, which fails the run.
 
-Audit config: any ``ptdpo.hints.AuditConfig`` field (``max_chars``, ``max_steps``, ``require_regions``,
+Audit config: the run config's ``hints.audit`` section (``ptdpo.run_config.HintAuditSection``), or a dict
+of any ``ptdpo.hints.AuditConfig`` field (``max_chars``, ``max_steps``, ``require_regions``,
 ``fail_on_soft``, ``decisive_ignore``, ...) plus ``floor`` (None: no floor) and ``worst_n``.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 from ptdpo.data.schema import Item
 from ptdpo.hints.audit import AuditConfig
 from ptdpo.hints.report import audit_batch, check_pass_rate, format_report, usable_hints
+from ptdpo.run_config import HintAuditSection
 
 __all__ = ["run_audit", "usable_hints", "format_report"]
 
@@ -25,14 +27,19 @@ __all__ = ["run_audit", "usable_hints", "format_report"]
 def run_audit(
     items: Sequence[Item | Mapping[str, Any]],
     hints: Sequence[Any],
-    audit_config: Mapping[str, Any] | None = None,
+    audit_config: HintAuditSection | Mapping[str, Any] | None = None,
 ):
-    """(verdicts DataFrame, report dict); raises AuditFloorError below the configured floor."""
-    cfg = dict(audit_config or {})
-    floor = cfg.pop("floor", None)
-    worst_n = int(cfg.pop("worst_n", 10))
+    """(verdicts DataFrame, report dict); raises AuditFloorError below the configured floor.
+    ``audit_config``: the run config's ``hints.audit`` section, or a dict of its keys."""
+    if isinstance(audit_config, HintAuditSection):
+        floor, worst_n, config = audit_config.floor, audit_config.worst_n, audit_config.config
+    else:
+        cfg = dict(audit_config or {})
+        floor = cfg.pop("floor", None)
+        worst_n = int(cfg.pop("worst_n", 10))
+        config = AuditConfig.from_dict(cfg)
     items = [it if isinstance(it, Item) else Item.from_dict(dict(it)) for it in items]
-    table, report = audit_batch(items, hints, AuditConfig.from_dict(cfg), worst_n=worst_n)
+    table, report = audit_batch(items, hints, config, worst_n=worst_n)
     report["floor"] = floor
     report["summary"] = format_report(report)
     check_pass_rate(report, floor)

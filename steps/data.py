@@ -7,17 +7,22 @@ The manifest records, for the training set and for every benchmark, the loader s
 splits/sources and a ``content_hash`` over ids, questions, answers, choices and image bytes
 (``ptdpo.data.loaders.manifest``): two runs trained or scored on different data never share a hash.
 Benchmarks are loaded here once (which also fills the Hugging Face cache before the evaluation
-branches start); ``manifest_benchmarks: false`` in ``data`` skips that for very large suites.
+branches start); ``manifest_benchmarks: false`` in ``data`` skips that for very large suites. The spec
+recorded is the dataset spec's keys that differ from their defaults.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ptdpo.data.loaders import DatasetSpec
 from ptdpo.data.schema import Item
+from ptdpo.run_config import DataSection, EvalSection, data_section, eval_section
 
 
 @dataclass
@@ -28,45 +33,58 @@ class PreparedData:
 
 
 def prepare_data(
-    data_cfg: dict[str, Any],
-    eval_cfg: dict[str, Any] | None = None,
+    data: DataSection | Mapping[str, Any],
+    eval_cfg: EvalSection | Mapping[str, Any] | None = None,
     seed: int = 0,
     base_dir: str | None = None,
 ) -> PreparedData:
-    """Load ``data_cfg["train"]`` (a ``load_items`` spec), resolve ``eval_cfg["benchmarks"]``, build the
-    manifest. ``data_cfg`` may also hold ``shuffle`` (shuffle the training items with ``seed``; the trainer
-    samples itself, this only matters for sharding) and ``manifest_benchmarks`` (default True)."""
+    """Load ``data.train``, resolve the benchmarks of ``eval_cfg``, build the manifest. The flow passes the
+    typed sections of its run config; a script may pass the JSON objects (``data``: a ``load_items`` spec
+    under ``train``, further named sets, ``shuffle``: shuffle the training items with ``seed`` (the
+    trainer samples itself, this only matters for sharding), ``manifest_benchmarks`` (default true)),
+    checked the same way."""
     from ptdpo.data.loaders import load_items, manifest
 
-    data_cfg = copy.deepcopy(data_cfg)
-    eval_cfg = copy.deepcopy(eval_cfg or {})
-    shuffle = bool(data_cfg.pop("shuffle", False))
-    with_benchmarks = bool(data_cfg.pop("manifest_benchmarks", True))
-    train_spec = data_cfg.pop("train")
-    items = load_items(train_spec, base_dir=base_dir)
+    if not isinstance(data, DataSection):
+        data = data_section(copy.deepcopy(dict(data)))
+    if eval_cfg is not None and not isinstance(eval_cfg, EvalSection):
+        eval_cfg = eval_section(copy.deepcopy(dict(eval_cfg)))
+    items = load_items(data.train, base_dir=base_dir)
     if not items:
-        raise ValueError(f"data.train loaded no items from {train_spec!r}")
+        raise ValueError(f"data.train loaded no items from {spec_dict(data.train)!r}")
     ids = [it.id for it in items]
     dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
     if dup:
         raise ValueError(f"data.train: duplicate item ids {dup[:10]} (hints and checkpoints are keyed by id)")
-    if shuffle:
+    if data.shuffle:
         random.Random(seed).shuffle(items)
 
-    benchmarks = resolve_benchmark_specs(eval_cfg.get("benchmarks") or [])
-    out: dict[str, Any] = {"train": {"spec": train_spec, **manifest(items)}, "benchmarks": {}}
-    for name, spec in data_cfg.items():  # further named sets (e.g. a held-out dev set): manifest only
+    benchmarks = resolve_benchmark_specs(eval_cfg.benchmarks if eval_cfg is not None else [])
+    out: dict[str, Any] = {"train": {"spec": spec_dict(data.train), **manifest(items)}, "benchmarks": {}}
+    for name, spec in data.sets.items():  # further named sets (e.g. a held-out dev set): manifest only
         extra = load_items(spec, base_dir=base_dir)
-        out[name] = {"spec": spec, **manifest(extra)}
+        out[name] = {"spec": spec_dict(spec), **manifest(extra)}
     for spec in benchmarks:
         entry: dict[str, Any] = {"spec": spec}
-        if with_benchmarks:
+        if data.manifest_benchmarks:
             entry.update(benchmark_manifest(spec, base_dir=base_dir))
         out["benchmarks"][spec["name"]] = entry
     return PreparedData(items, benchmarks, out)
 
 
-def resolve_benchmark_specs(refs: list[Any]) -> list[dict[str, Any]]:
+def spec_dict(spec: DatasetSpec) -> dict[str, Any]:
+    """The keys of a dataset spec that differ from their defaults (what a config would write)."""
+    out = {}
+    for f in dataclasses.fields(spec):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        value = getattr(spec, f.name)
+        if value != default:
+            out[f.name] = copy.deepcopy(value)
+    return out
+
+
+def resolve_benchmark_specs(refs: Sequence[Any]) -> list[dict[str, Any]]:
     """Registry names / ``{"name": ..., overrides}`` / full specs -> full spec dicts."""
     from ptdpo.eval.registry import resolve_benchmark
 

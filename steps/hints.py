@@ -6,9 +6,11 @@
   ``cache_dir`` (resumable: a re-run reuses finished items and retries only failures) and return
   ``(rows, failures)``: one row per item, ``failures`` the rows that are not ``ok`` (rejected hints
   are kept in the rows, marked, never dropped).
-- :func:`join_hint_shards` the joined rows of all shards, checked for duplicates.
+- :func:`join_hint_shards` the joined rows of all shards, checked for duplicates; :func:`hints_table` the
+  ``hints`` artifact (a DataFrame) and its hash.
+- :func:`hint_cache_dir` where the shards keep their resumable cache.
 
-Generator config (one dict, from the flow's Config)::
+Generator config: the run config's ``hints`` section (``ptdpo.run_config.HintsSection``), or one dict::
 
     {"name": "oracle"}
     {"name": "openai", "model": "...", "base_url": "http://host:8000/v1", "api_key_env": "OPENAI_API_KEY",
@@ -24,21 +26,19 @@ them into paragraphs with the same content; "generate": ask the model for a para
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ptdpo.data.schema import Item
-from ptdpo.hints.generation import (
-    OK,
-    HintResult,
-    ShardCache,
-    make_generator,
-    run_generation,
-    shard_cache_path,
-    split_config,
-)
+from ptdpo.hints.generation import OK, HintResult, ShardCache, run_generation, shard_cache_path
+from ptdpo.hints.generators import make_generator, split_config
 from ptdpo.hints.schema import to_unstructured
+from ptdpo.run_config import HintsSection
 
 
 def _items(items: Sequence[Item | Mapping[str, Any]]) -> list[Item]:
@@ -64,18 +64,21 @@ def _row(result: HintResult, structured: bool, convert: bool) -> dict[str, Any]:
 
 def generate_hints_shard(
     items: Sequence[Item | Mapping[str, Any]],
-    generator_config: Mapping[str, Any],
+    generator_config: HintsSection | Mapping[str, Any],
     cache_dir: str | Path,
     shard_index: int,
     generator=None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Generate (or reuse from the cache) one hint per item of one shard.
+    """Generate (or reuse from the cache) one hint per item of one shard, as the run config's ``hints``
+    section says (or a generator config dict, see the module docstring).
 
     Returns ``(rows, failures)``. Each row: ``item_id``, ``status`` (ok | rejected | failed), ``usable``,
     ``hint`` (dict or None), ``verdict``, ``error``, ``raw``, ``attempts``, ``history`` (every attempt's
     raw text, error and audit reasons), ``config_hash``. ``generator`` may pass an already built
     generator (e.g. one vLLM engine reused across shards in one process)."""
     items = _items(items)
+    if isinstance(generator_config, HintsSection):
+        generator_config = generator_config.generator_config()
     _, run = split_config(dict(generator_config))
     structured = bool(run.get("structured", True))
     mode = run.get("unstructured_mode", "convert")
@@ -114,3 +117,26 @@ def join_hint_shards(shards: Sequence[Sequence[dict[str, Any]]]) -> list[dict[st
             seen.add(r["item_id"])
             out.append(r)
     return out
+
+
+def hint_cache_dir(configured: str | None, run_name: str | None = None) -> str:
+    """Where hint shards keep their resumable cache: ``hints.cache_dir`` (on a cluster: the shared PVC,
+    so a retried pod or a later run reuses finished items), else ``$PTDPO_HINT_CACHE``, else a folder
+    under the system temp dir named after the (origin) run, shared by the attempts of a local run."""
+    explicit = configured or os.environ.get("PTDPO_HINT_CACHE")
+    if explicit:
+        return str(explicit)
+    return str(Path(tempfile.gettempdir()) / "ptdpo-hint-cache" / (run_name or "adhoc"))
+
+
+def hints_table(rows: list[dict[str, Any]]):
+    """(hints DataFrame, sha256 over the rows' item ids, statuses and hints) for the ``hints`` artifact."""
+    import pandas as pd
+
+    h = hashlib.sha256()
+    for r in sorted(rows, key=lambda r: r["item_id"]):
+        h.update(json.dumps([r["item_id"], r.get("status"), r.get("hint")], sort_keys=True, default=str).encode())
+        h.update(b"\n")
+    cols = ["item_id", "status", "usable", "hint", "verdict", "error", "raw", "attempts", "history", "config_hash"]
+    df = pd.DataFrame(rows) if rows else pd.DataFrame(columns=cols)
+    return df, h.hexdigest()

@@ -139,10 +139,10 @@ def run_training(
 
 
 # ---------------------------------------------------------------------- multi-process launch
-def write_job(workdir: str | Path, train_cfg: dict, items: list[Item], hints: dict, resume_from: str | None,
-              fail_after_step: int | None = None) -> Path:
-    """The inputs of a torchrun job in ``workdir``: items, usable hints, the train config, the checkpoint
-    root to resume from and the testing knob ``fail_after_step``."""
+def write_job(workdir: str | Path, train_cfg: TrainConfig | dict, items: list[Item], hints: dict,
+              resume_from: str | None, fail_after_step: int | None = None) -> Path:
+    """The inputs of a torchrun job in ``workdir``: items, usable hints, the train config (a TrainConfig is
+    written resolved), the checkpoint root to resume from and the testing knob ``fail_after_step``."""
     from ptdpo.data.loaders import save_items_jsonl
 
     workdir = Path(workdir)
@@ -151,8 +151,9 @@ def write_job(workdir: str | Path, train_cfg: dict, items: list[Item], hints: di
     with open(workdir / "hints.jsonl", "w") as f:
         for h in hints.values():
             f.write(json.dumps(h.to_dict()) + "\n")
+    train = train_cfg.to_dict() if isinstance(train_cfg, TrainConfig) else train_cfg
     (workdir / "job.json").write_text(json.dumps(
-        {"train": train_cfg, "resume_from": resume_from, "fail_after_step": fail_after_step}))
+        {"train": train, "resume_from": resume_from, "fail_after_step": fail_after_step}))
     return workdir
 
 

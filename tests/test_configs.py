@@ -6,24 +6,21 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "flows"))
-
-from _common import (  # noqa: E402
-    FlowConfigError,
-    audit_run_config,
-    check_config,
-    hint_generator_config,
+from ptdpo.run_config import (
+    AUDIT_RUN_KEYS,
+    RunConfigError,
     kubernetes_attributes,
     load_config_dict,
     load_config_file,
-    parse_config,
+    parse_run_config,
+    run_config_from_dict,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # The configs of flows/ptdpo_flow.py (configs/study*.json belong to flows/study_flow.py, another schema).
 CONFIGS = sorted(
@@ -49,17 +46,19 @@ def test_every_config_validates(name):
     from ptdpo.config import train_config_from_dict
 
     cfg = cfg_of(name)
-    check_config(cfg)
+    rc = run_config_from_dict(cfg)
     train = train_config_from_dict(copy.deepcopy(cfg["train"]))
-    assert train.policy == cfg["train"]["policy"]
+    assert train.policy == cfg["train"]["policy"] == rc.train.policy
+    assert rc.train == train  # the run config's train section is the resolved TrainConfig
     # every step with configurable resources has them, and the hint generator's kwargs bind
     for step in ("prepare_data", "generate_hints", "audit", "train", "evaluate", "report"):
         assert {"cpu", "memory"} <= set(cfg["resources"][step]), step
     if "hints" in cfg:
-        gen = hint_generator_config(cfg)
+        gen = rc.hints.generator_config()
         assert gen["name"] in ("oracle", "openai", "vllm")
         assert "floor" not in gen["audit"] and "max_attempts" not in gen["audit"]
-        assert "max_attempts" not in audit_run_config(cfg)
+        assert not set(AUDIT_RUN_KEYS) & set(gen["audit"])  # the run keys of hints.audit stay with the run
+        assert rc.hints.audit.max_attempts == cfg["hints"].get("audit", {}).get("max_attempts", 1)
 
 
 def test_tiny_is_small_and_local():
@@ -126,11 +125,9 @@ def test_baselines_change_only_the_objective():
 
 
 def test_two_node_configs_differ_from_their_parent_only_in_the_node_count():
-    from _common import train_nodes
-
     for name, parent in (("tiny-2node.json", "tiny.json"), ("qwen3vl-8b-2node.json", "qwen3vl-8b.json")):
         cfg, base = cfg_of(name), cfg_of(parent)
-        assert train_nodes(cfg) == 2 and train_nodes(base) == 1
+        assert run_config_from_dict(cfg).train_nodes == 2 and run_config_from_dict(base).train_nodes == 1
         assert {k: v for k, v in cfg["resources"]["train"].items() if k != "nodes"} == base["resources"]["train"]
         for key in ("data", "hints", "train", "eval", "retry", "timeout"):
             assert cfg[key] == base[key], (name, key)
@@ -185,8 +182,8 @@ def _broken(mutate) -> dict:
     (lambda c: c.update(parallel={"nodes": 2}), "resources.train.nodes"),
 ])
 def test_bad_configs_are_rejected_with_the_problem_named(mutate, message):
-    with pytest.raises(FlowConfigError, match=message):
-        check_config(_broken(mutate))
+    with pytest.raises(RunConfigError, match=message):
+        run_config_from_dict(_broken(mutate))
 
 
 def test_all_problems_are_reported_at_once():
@@ -194,15 +191,15 @@ def test_all_problems_are_reported_at_once():
         c["train"]["lamda_ptd"] = 1
         c["resources"].pop("audit")
 
-    with pytest.raises(FlowConfigError, match="2 problem") as err:
-        check_config(_broken(two))
+    with pytest.raises(RunConfigError, match="2 problem") as err:
+        run_config_from_dict(_broken(two))
     assert "lamda_ptd" in str(err.value) and "resources.audit" in str(err.value)
 
 
 def test_extends_merges_as_a_json_merge_patch(tmp_path):
     child = {"extends": "tiny.json", "name": "child", "train": {"max_steps": 2, "ptd": {"k": 8}},
              "kubernetes": {"env": None}}
-    cfg = parse_config(json.dumps(child))
+    cfg = parse_run_config(json.dumps(child))
     tiny = cfg_of("tiny.json")
     assert cfg["name"] == "child" and cfg["train"]["max_steps"] == 2 and cfg["train"]["ptd"]["k"] == 8
     assert cfg["train"]["ptd"]["lambda_ptd"] == tiny["train"]["ptd"]["lambda_ptd"]  # merged, not replaced
@@ -212,9 +209,9 @@ def test_extends_merges_as_a_json_merge_patch(tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps({"extends": str(b)}))
     b.write_text(json.dumps({"extends": str(a)}))
-    with pytest.raises(FlowConfigError, match="cycle"):
+    with pytest.raises(RunConfigError, match="cycle"):
         load_config_dict(a.read_text())
-    with pytest.raises(FlowConfigError, match="cannot find"):
+    with pytest.raises(RunConfigError, match="cannot find"):
         load_config_dict(json.dumps({"extends": "nope.json"}))
-    with pytest.raises(FlowConfigError, match="not valid JSON"):
-        parse_config("{not json")
+    with pytest.raises(RunConfigError, match="not valid JSON"):
+        parse_run_config("{not json")

@@ -29,7 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOW = ROOT / "flows" / "ptdpo_flow.py"
 PY = sys.executable
 BUCKET = "ptdpo-test"
-sys.path.insert(0, str(ROOT / "flows"))
 
 
 def _free_port() -> int:
@@ -108,7 +107,8 @@ def test_code_package_ships_the_library(tmp_path):
     assert any(r.startswith("ptdpo/") for r in rel) and any(r.startswith("steps/") for r in rel)
     for needed in ("flows/ptdpo_flow.py", "flows/_common.py", "ptdpo/trainer.py", "ptdpo/config.py",
                    "steps/train.py", "steps/data.py", "steps/hints.py", "steps/audit.py", "steps/evaluate.py",
-                   "steps/report.py", "ptdpo/models/assets/corpus.txt"):
+                   "steps/report.py", "ptdpo/models/assets/corpus.txt", "ptdpo/eval/benchmarks.json",
+                   "ptdpo/run_config.py"):
         assert needed in rel, f"{needed} is not in the code package"
     assert not any(r.startswith("tests/") for r in rel)
     # from the virtualenv only Metaflow itself and its extensions (Metaflow ships its own code)
@@ -142,7 +142,7 @@ def _mem_mb(v: str) -> float:
 
 
 def test_argo_spec_carries_the_2b_config_per_step(argo_2b):
-    from _common import load_config_file
+    from ptdpo.run_config import load_config_file
 
     cfg = load_config_file(ROOT / "configs" / "qwen3vl-2b.json")
     wf = argo_2b
@@ -237,7 +237,7 @@ def argo_2node(s3_env, tmp_path_factory):
 
 
 def test_two_node_config_compiles_train_nodes_to_a_jobset(argo_2node):
-    from _common import kubernetes_attributes, load_config_file
+    from ptdpo.run_config import kubernetes_attributes, load_config_file
 
     cfg = load_config_file(ROOT / "configs" / "qwen3vl-8b-2node.json")
     assert cfg["resources"]["train"]["nodes"] == 2

@@ -224,6 +224,27 @@ def test_tiny_config_runs_the_whole_dag(tmp_path):
     assert_card_has_plot_and_table(run["report"].task, "report", "synthetic_ood", "trained Δabs")
 
 
+def test_kl_masking_ablation_generates_hints_and_masks_the_reference_kl(tmp_path):
+    """``train.ptd = {"mask_only": true, "lambda_ptd": 0}`` (METHOD.md 2.7): no distillation, but the
+    reference KL is switched off on the groups PTD would select, so the run needs the audited hints its
+    mask is made of. The tiny random policy fails its groups, so some rollouts lose their KL term."""
+    config = small_config(tmp_path, train={"max_steps": 2, "ptd": {"mask_only": True, "lambda_ptd": 0}})
+    with runner(tmp_path, config) as r:
+        result = r.run()
+        status, stderr = result.status, result.stderr
+    _restore_typing()
+    assert status == "successful", stderr[-4000:]
+    d = result.run.data
+    ptd = d.run_config.train.ptd
+    assert ptd.mask_only and ptd.lambda_ptd == 0 and ptd.uses_hints and not ptd.distills
+    assert len(d.hints) == d.data_manifest["train"]["count"] and d.hints["usable"].any()  # hints were made
+    assert "pass_rate" in d.audit_report and d.audit_verdicts is not None  # and audited
+    tm = d.train_metrics
+    assert list(tm["step"]) == [1, 2]
+    assert (tm["kl_masked_rollout_frac"] > 0).any(), tm[["step", "accuracy", "kl_masked_rollout_frac"]]
+    assert (tm["ptd_loss"] == 0).all()  # nothing distilled
+
+
 def fail_then_resume(tmp_path, config):
     """Run ``config`` made to fail after training step 2 (no retries left), then ``resume`` it; returns
     (the failed origin run, the resumed run) once the resume has succeeded."""

@@ -39,6 +39,24 @@ def test_prepare_data_manifest_and_branches():
         prepare_data({"train": {"format": "synthetic", "n": 1, "limit": 0}}, ev)
 
 
+def test_prepare_data_takes_the_typed_sections_and_checks_plain_ones():
+    from ptdpo.run_config import RunConfigError, data_section, eval_section
+    from steps.data import prepare_data
+
+    data = {"train": {"format": "synthetic", "n": 6, "seed": 3, "image_size": 64}}
+    ev = {"benchmarks": [{"name": "synthetic_id", "limit": 2}], "models": ["trained"]}
+    typed = prepare_data(data_section(data), eval_section(ev), seed=1)
+    plain = prepare_data(data, ev, seed=1)
+    assert typed.manifest == plain.manifest and [b["name"] for b in typed.benchmarks] == ["synthetic_id"]
+    assert typed.manifest["train"]["spec"] == data["train"]  # the keys given (all differ from the defaults)
+    shuffled = prepare_data({**data, "shuffle": True}, ev, seed=1)
+    assert sorted(it.id for it in shuffled.train_items) == sorted(it.id for it in plain.train_items)
+    with pytest.raises(RunConfigError, match=r'data\.shuffle: expected true or false, got "yes"'):
+        prepare_data({**data, "shuffle": "yes"}, ev)
+    with pytest.raises(RunConfigError, match=r"data\.train\.n: expected an integer or null"):
+        prepare_data({"train": {**data["train"], "n": "6"}}, ev)
+
+
 def _results() -> pd.DataFrame:
     rows = []
     for bench, base, trained in [("a", 0.5, 0.6), ("b", 0.2, 0.1)]:

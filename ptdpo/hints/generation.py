@@ -43,7 +43,6 @@ from ptdpo.hints.generator_base import (
 
 # The generator registry's names, also importable from here for the steps and flows that import them
 # from this module (the registry itself imports only the interface, so this adds no circle).
-from ptdpo.hints.generators import RUN_KEYS, make_generator, split_config
 from ptdpo.hints.schema import HintError, parse_hint
 
 log = logging.getLogger(__name__)
@@ -285,7 +284,6 @@ def regenerate_with_feedback(
 
 
 __all__ = [
-    "FAILED", "OK", "REJECTED", "RUN_KEYS", "GenerationRequest", "HintGenerator", "HintResult", "RawOutput",
-    "ShardCache", "make_generator", "regenerate_with_feedback", "run_generation", "shard_cache_path",
-    "split_config",
+    "FAILED", "OK", "REJECTED", "GenerationRequest", "HintGenerator", "HintResult", "RawOutput",
+    "ShardCache", "regenerate_with_feedback", "run_generation", "shard_cache_path",
 ]

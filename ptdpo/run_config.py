@@ -1,0 +1,212 @@
+"""The run config of ``flows/ptdpo_flow.py``, typed once: :class:`RunConfig` and its sections.
+
+**Files** are JSON (``configs/*.json``). A file may start from another with ``"extends":
+"qwen3vl-2b.json"`` (a file in ``configs/``, a path relative to the current directory, or an absolute
+path); its keys are merged into the parent's as a JSON merge patch (RFC 7386: objects merge
+recursively, ``null`` removes a key, anything else replaces; ``ptdpo.config.merge_patch``).
+
+**Checks.** :func:`run_config_from_dict` checks every key's type, range and allowed values and lists
+every problem at once, each naming its key path and the offending value (:class:`RunConfigError`). The
+flow's ``Config`` parser calls it (:func:`parse_run_config`), so a bad file stops ``run`` or a
+deployment before any step starts. Sections other parts own are checked by their own types, composed
+here: ``train`` is a ``ptdpo.config.TrainConfig``, ``data.<set>`` a ``DatasetSpec``, ``eval.benchmarks``
+go through ``resolve_benchmark``, ``eval.generation`` is a ``GenerationConfig``, ``hints.audit`` an
+``AuditConfig`` (plus the run keys ``floor``, ``max_attempts``, ``worst_n``), and ``hints.generator``
+must bind to the generator's constructor, with the types it declares.
+
+**Sections**: ``name``, ``project`` (lower-case, names deployments), ``description``, ``notes``, ``seed``,
+``data``, ``hints`` (needed when ``train.ptd`` uses hints), ``train``, ``eval``, ``resources.<step>``,
+``retry.<step>``, ``timeout.<step>``, ``kubernetes``, ``schedule``, ``report``; their types and
+builders are in ``ptdpo.run_sections``.
+The Metaflow wiring that moves them into decorators is ``flows/_common.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from ptdpo.config import TrainConfig, merge_patch, train_config_from_dict
+from ptdpo.config_fields import Name, NonEmpty, NonNegativeInt, build, problems_for, show
+from ptdpo.run_sections import (
+    AUDIT_RUN_KEYS,
+    RESOURCE_KEYS,
+    RESOURCE_STEPS,
+    RETRY_STEPS,
+    TIMEOUT_STEPS,
+    DataSection,
+    EvalSection,
+    HintAuditSection,
+    HintsSection,
+    ReportSection,
+    RetrySpec,
+    RunConfigError,
+    ScheduleSection,
+    StepResources,
+    TrainResources,
+    collect,
+    data_section,
+    eval_section,
+    generation_config,
+    hints_section,
+    kubernetes_attributes,
+    kubernetes_problems,
+    resources_section,
+    retry_section,
+    schedule_section,
+    timeout_section,
+)
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+SECTIONS = ("name", "project", "description", "notes", "seed", "extends", "data", "hints", "train", "eval",
+            "resources", "retry", "timeout", "kubernetes", "schedule", "report")
+REQUIRED_SECTIONS = ("name", "project", "data", "train", "eval", "resources")
+
+
+# ------------------------------------------------------------------------------------------ files
+def _find_parent(ref: str, config_dir: Path) -> Path:
+    p = Path(ref).expanduser()
+    candidates = [p] if p.is_absolute() else [config_dir / p, Path.cwd() / p]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise RunConfigError([f"extends: cannot find {ref!r} (looked at {', '.join(str(c) for c in candidates)})"])
+
+
+def load_config_dict(text: str, config_dir: Path = CONFIG_DIR, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The config as a dict with ``extends`` resolved (no checks); ``extends_chain`` lists the parents."""
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RunConfigError([f"config is not valid JSON: {e}"]) from e
+    if not isinstance(cfg, dict):
+        raise RunConfigError([f"a config must be a JSON object, got {show(cfg)}"])
+    parent_ref = cfg.pop("extends", None)
+    if parent_ref is None:
+        return cfg
+    if not isinstance(parent_ref, str):
+        raise RunConfigError([f"extends: expected a file name, got {show(parent_ref)}"])
+    parent_path = _find_parent(parent_ref, config_dir)
+    key = str(parent_path.resolve())
+    if key in _seen:
+        raise RunConfigError([f"extends: cycle through {parent_path}"])
+    parent = load_config_dict(parent_path.read_text(), config_dir, _seen + (key,))
+    merged = merge_patch(parent, cfg)
+    merged["extends_chain"] = [parent_ref] + list(parent.get("extends_chain", []))
+    return merged
+
+
+def parse_run_config(text: str) -> dict[str, Any]:
+    """The flow's ``Config`` parser: JSON, ``extends`` resolved, every value checked. Returns the plain
+    dict (what Metaflow stores as ``config``); :class:`RunConfigError` lists every problem."""
+    cfg = load_config_dict(text)
+    run_config_from_dict(cfg)
+    return cfg
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read and check a config file the way the flow does (the plain dict; for scripts and tests)."""
+    return parse_run_config(Path(path).read_text())
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """A config file as the typed :class:`RunConfig`."""
+    return run_config_from_dict(load_config_file(path))
+
+
+@dataclass
+class RunConfig:
+    """One run of the training flow, every section typed and checked."""
+
+    name: str
+    project: str
+    data: DataSection
+    train: TrainConfig  # resolved (algorithm defaults filled in)
+    eval: EvalSection
+    resources: dict[str, StepResources]
+    hints: HintsSection | None = None
+    description: str | None = None
+    notes: str | list[str] | None = None
+    seed: int = 0
+    retry: dict[str, RetrySpec] = field(default_factory=dict)
+    timeout: dict[str, int] = field(default_factory=dict)  # seconds; 0: none
+    kubernetes: dict[str, Any] = field(default_factory=dict)  # checked keys; read by flows/_common.py
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    report: ReportSection = field(default_factory=ReportSection)
+    extends_chain: list[str] = field(default_factory=list)
+
+    @property
+    def train_nodes(self) -> int:
+        """``resources.train.nodes``: how many nodes train."""
+        return self.resources["train"].nodes
+
+
+@dataclass
+class _TopLevel:
+    """The plain top-level values (the sections are checked by their own builders)."""
+
+    name: Name
+    project: Annotated[str, NonEmpty()]
+    description: str | None = None
+    notes: str | list[str] | None = None
+    seed: NonNegativeInt = 0
+    extends_chain: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------- checks
+def run_config_from_dict(cfg: dict[str, Any]) -> RunConfig:
+    """The typed run config of a config dict (``extends`` already resolved), or :class:`RunConfigError`
+    listing every problem: unknown or missing sections, and every value of every section."""
+    if not isinstance(cfg, dict):
+        raise RunConfigError([f"a config must be a JSON object, got {show(cfg)}"])
+    cfg = copy.deepcopy(cfg)
+    problems: list[str] = []
+    if "parallel" in cfg:
+        problems.append("parallel: not a config section; the number of training nodes is resources.train.nodes")
+    unknown = sorted(set(cfg) - set(SECTIONS) - {"extends_chain", "parallel"})
+    if unknown:
+        problems.append(f"unknown top-level key(s) {unknown}; known: {sorted(SECTIONS)}")
+    for key in REQUIRED_SECTIONS:
+        if key not in cfg:
+            problems.append(f"missing section {key!r}")
+    top = {f.name: cfg[f.name] for f in dataclasses.fields(_TopLevel) if f.name in cfg}
+    problems += problems_for(_TopLevel, top, "", partial=True)
+    project = cfg.get("project")
+    if isinstance(project, str) and project and not (project.replace("_", "").isalnum() and project.islower()):
+        problems.append(f"project: {project!r} must be lower-case letters, digits and '_' (it names deployments)")
+
+    train = collect(problems, lambda: train_config_from_dict(cfg.get("train", {}), "train", require_policy=True))
+    data = collect(problems, lambda: data_section(cfg.get("data", {})))
+    ev = collect(problems, lambda: eval_section(cfg.get("eval", {})))
+    hints = None
+    if cfg.get("hints") is not None:
+        hints = collect(problems, lambda: hints_section(cfg["hints"]))
+    elif train is not None and train.ptd.uses_hints:
+        problems.append("hints: missing, but train.ptd uses hints (teacher_context 'hint')")
+    resources = collect(problems, lambda: resources_section(cfg.get("resources", {})))
+    retry = collect(problems, lambda: retry_section(cfg.get("retry") or {}))
+    timeout = collect(problems, lambda: timeout_section(cfg.get("timeout") or {}))
+    problems += kubernetes_problems(cfg.get("kubernetes") or {})
+    schedule = collect(problems, lambda: schedule_section(cfg.get("schedule") or {}))
+    report = collect(problems, lambda: build(ReportSection, cfg.get("report") or {}, "report"))
+    if problems:
+        raise RunConfigError(problems, cfg.get("name") if isinstance(cfg.get("name"), str) else None)
+    return RunConfig(
+        name=cfg["name"], project=cfg["project"], data=data, train=train, eval=ev, resources=resources,
+        hints=hints, description=cfg.get("description"), notes=cfg.get("notes"), seed=cfg.get("seed", 0),
+        retry=retry, timeout=timeout, kubernetes=cfg.get("kubernetes") or {}, schedule=schedule, report=report,
+        extends_chain=cfg.get("extends_chain", []),
+    )
+
+
+__all__ = [  # the run config and, for the steps and scripts that take one section, its sections
+    "AUDIT_RUN_KEYS", "CONFIG_DIR", "RESOURCE_KEYS", "RESOURCE_STEPS", "RETRY_STEPS", "TIMEOUT_STEPS",
+    "DataSection", "EvalSection", "HintAuditSection", "HintsSection", "ReportSection", "RetrySpec", "RunConfig",
+    "RunConfigError", "ScheduleSection", "StepResources", "TrainResources", "data_section", "eval_section",
+    "generation_config", "hints_section", "kubernetes_attributes", "load_config_dict", "load_config_file",
+    "load_run_config", "parse_run_config", "run_config_from_dict",
+]
