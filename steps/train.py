@@ -94,15 +94,14 @@ def run_training(
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     if policy is None:
-        device = f"cuda:{dist_utils.DistInfo.current().local_rank}" if torch.cuda.is_available() else None
-        model, processor = load_policy(cfg.policy, device=device, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+        model, processor, reference = load_models(cfg)
     else:
         model, processor = policy
-    # The frozen reference is copied before sharding and sharded the same way as the policy.
-    reference = copy.deepcopy(model) if cfg.needs_reference else None
-    model = dist_utils.shard_model(model, cfg.sharding)
-    if reference is not None:
-        reference = dist_utils.shard_model(reference.requires_grad_(False), cfg.sharding)
+        # An in-memory policy (tests, warm starts): the reference is a copy, sharded like the policy.
+        reference = copy.deepcopy(model) if cfg.needs_reference else None
+        model = dist_utils.shard_model(model, cfg.sharding, cfg.precision)
+        if reference is not None:
+            reference = dist_utils.shard_model(reference.requires_grad_(False), cfg.sharding, cfg.precision)
     backend = None
     if cfg.rollout_backend == "vllm":
         from ptdpo.rollout.vllm_backend import VLLMRolloutBackend
@@ -136,6 +135,36 @@ def run_training(
     dist_utils.barrier()
     return TrainOutput(pd.DataFrame(trainer.metrics), model_dir, trainer.step, resumed_from, ckpt_dir,
                        world_size=trainer.dist.world_size)
+
+
+def load_models(cfg: TrainConfig):
+    """(policy, processor, frozen reference or None) for ``cfg``, float32 (the optimizer's master weights;
+    transformers would otherwise load Qwen3-VL in bf16). With FSDP each rank loads only its shards of
+    each model, straight from the checkpoint files (``ptdpo.models.sharded``), so no rank ever holds a
+    whole model; otherwise the policy is loaded on this rank's device and the reference copied from it."""
+    import torch
+
+    from ptdpo import distributed as dist_utils
+    from ptdpo.models import load_policy
+    from ptdpo.models.sharded import load_sharded_policy
+
+    device = f"cuda:{dist_utils.DistInfo.current().local_rank}" if torch.cuda.is_available() else "cpu"
+    pixels = dict(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    if cfg.sharding == "fsdp" and dist_utils.fsdp_available():
+        def shard(m):
+            return dist_utils.shard_model(m, "fsdp", cfg.precision)
+
+        model, processor = load_sharded_policy(cfg.policy, shard, device, **pixels)
+        reference = None
+        if cfg.needs_reference:
+            reference = load_sharded_policy(cfg.policy, shard, device, **pixels)[0].requires_grad_(False)
+        return model, processor, reference
+    model, processor = load_policy(cfg.policy, dtype=torch.float32, device=device, **pixels)
+    reference = copy.deepcopy(model).requires_grad_(False) if cfg.needs_reference else None
+    model = dist_utils.shard_model(model, cfg.sharding, cfg.precision)
+    if reference is not None:
+        reference = dist_utils.shard_model(reference, cfg.sharding, cfg.precision)
+    return model, processor, reference
 
 
 # ---------------------------------------------------------------------- multi-process launch
