@@ -81,7 +81,12 @@ def load_train_state(path: str | Path, model: torch.nn.Module, optimizer: torch.
                      ) -> tuple[dict[str, Any], int]:
     """Load model and optimizer state of checkpoint ``path`` into this rank's (shards of) ``model`` and
     ``optimizer``; return (trainer_state, step). A collective: every rank calls it."""
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        get_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+        set_state_dict,
+    )
 
     path = Path(path)
     meta = checkpoint_meta(path)
@@ -103,8 +108,11 @@ def load_train_state(path: str | Path, model: torch.nn.Module, optimizer: torch.
         if rank0 or not broadcast:
             model_state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
             optim_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
-        set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
-                       options=_options(full_state_dict=True, broadcast_from_rank0=broadcast))
+        # Two calls: set_state_dict would take a rank's empty model dict for "optimizer only" and skip
+        # the model's broadcast there, leaving rank 0 waiting.
+        options = _options(full_state_dict=True, broadcast_from_rank0=broadcast)
+        set_model_state_dict(model, model_state, options=options)
+        set_optimizer_state_dict(model, optimizer, optim_state, options=options)
     else:
         raise ValueError(f"checkpoint {str(path)!r}: unknown format {fmt!r} in meta.json")
     trainer_state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
