@@ -21,7 +21,9 @@ guarded). Checks, each a row of the printed table (and of ``--out`` JSON):
 - lr 1e-6: three PTD-PO steps; the float32 masters move (almost) every element whose gradient Adam
   sees (|g| > 1e-7, ten times its eps), while the same gradients applied to bf16 weights move few;
 - resume: three PTD-PO steps with a checkpoint per step, killed after step 2 and resumed, equal the
-  uninterrupted run (metrics and final weights), for sharded (DCP, per rank) and gathered checkpoints.
+  uninterrupted run (metrics and final weights: bit-exact on CPU; on CUDA, where some backward kernels
+  round differently run to run, metrics to 1e-3 and every tensor's update to 1%), for sharded (DCP,
+  per rank) and gathered checkpoints.
 
 Exit code 1 if any check fails.
 """
@@ -272,7 +274,7 @@ def _peak_bytes(device: str):
     return cpu_peak()
 
 
-def check_resume(workdir: Path, items, hints) -> None:
+def check_resume(device: str, workdir: Path, items, hints) -> None:
     """Three PTD-PO steps with a checkpoint after each: uninterrupted, and killed after step 2 then resumed."""
     from ptdpo.models import load_policy
     from steps.train import InjectedFailure, run_training
@@ -292,17 +294,25 @@ def check_resume(workdir: Path, items, hints) -> None:
         resumed = run_training(cfg, items, hints, out, progress=False)
         a = torch.tensor(full.metrics[[c for c in cols if c in full.metrics]].values, dtype=torch.float64)
         b = torch.tensor(resumed.metrics[[c for c in cols if c in full.metrics]].values, dtype=torch.float64)
-        metric_diff = float((a - b).abs().max())
-        weight_diff = float("nan")
+        rel = (a - b).abs() / a.abs().clamp(min=1e-6)
+        metric_diff = float(torch.where(a.isnan() & b.isnan(), torch.zeros_like(rel), rel).max())
+        weight_diff = update_diff = 0.0
         if _rank() == 0:
+            m0, _ = load_policy("tiny:0.5m")
             m1, _ = load_policy(str(full.model_dir))
             m2, _ = load_policy(str(resumed.model_dir))
-            weight_diff = max(float((p - q).abs().max()) for p, q in zip(m1.parameters(), m2.parameters()))
-        weight_diff = collectives.all_max(weight_diff if _rank() == 0 else 0.0)
-        check(f"resume ({fmt})", killed and resumed.resumed_from_step == 2 and resumed.final_step == 3
-              and metric_diff <= 1e-6 and weight_diff == 0.0,
+            for p0, p1, p2 in zip(m0.parameters(), m1.parameters(), m2.parameters()):
+                weight_diff = max(weight_diff, float((p1 - p2).abs().max()))
+                update_diff = max(update_diff, float((p1 - p2).norm() / (p1 - p0).norm().clamp(min=1e-12)))
+        weight_diff, update_diff = collectives.all_max(weight_diff), collectives.all_max(update_diff)
+        # CPU: bit-exact. CUDA: some kernels (atomic adds in backward passes) round differently run to run,
+        # so the runs must agree to rounding: metrics to 1e-3 and each tensor's update to 1%.
+        exact = device == "cpu"
+        same = (metric_diff == 0.0 and weight_diff == 0.0) if exact else (metric_diff < 1e-3 and update_diff < 1e-2)
+        check(f"resume ({fmt})", killed and resumed.resumed_from_step == 2 and resumed.final_step == 3 and same,
               killed_after=2 if killed else None, resumed_from=resumed.resumed_from_step, steps=resumed.final_step,
-              max_metric_diff=metric_diff, max_weight_diff=weight_diff, checkpoint_files=files,
+              max_metric_rel_diff=metric_diff, max_weight_diff=weight_diff, max_update_rel_diff=round(update_diff, 6),
+              required="bit-exact" if exact else "to rounding", checkpoint_files=files,
               ptd_rollout_frac=float(full.metrics["ptd_rollout_frac"].max()))
 
 
@@ -334,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device: run with --device cpu")
         return 2
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)) if args.device == "cuda" else 1)
+    if args.device == "cuda":  # deterministic kernels where torch has them: resumed vs uninterrupted runs
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
     start = time.perf_counter()
     _init(args.device)
     import transformers
@@ -349,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, fn in (("collectives", lambda: check_collectives(args.device)),
                      ("memory", lambda: check_memory(args.device, workdir)),
                      ("masters", lambda: check_masters_and_lr(args.device, items, hints)),
-                     ("resume", lambda: check_resume(workdir, items, hints))):
+                     ("resume", lambda: check_resume(args.device, workdir, items, hints))):
         try:
             fn()
         except Exception as e:  # noqa: BLE001 - one broken check must not hide the others
