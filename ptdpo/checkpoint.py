@@ -91,15 +91,12 @@ def save_checkpoint(
     model_state: dict[str, torch.Tensor],
     trainer_state: dict[str, Any],
     keep: int = 2,
-    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """One writer: ``model_state`` (tensors), ``trainer_state`` (scheduler, RNG, sampler, metrics, ...:
-    anything torch.save handles) and each ``extra`` object (``name.pt``) as checkpoint ``step``."""
+    """One writer: ``model_state`` (tensors) and ``trainer_state`` (anything torch.save handles) as
+    checkpoint ``step``, in the ``full`` layout."""
     tmp = staging_folder(root, step)
     torch.save({k: v.detach().cpu() for k, v in model_state.items()}, tmp / "model.pt")
     torch.save(trainer_state, tmp / "trainer.pt")
-    for name, obj in (extra or {}).items():
-        torch.save(obj, tmp / f"{name}.pt")
     return commit_checkpoint(root, tmp, step, keep, {"format": "full"})
 
 

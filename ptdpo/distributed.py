@@ -108,13 +108,6 @@ def autocast_needed(model: torch.nn.Module, precision: str) -> bool:
     return precision == "bf16" and not getattr(model, _BF16_ATTR, False)
 
 
-def compute_dtype(model: torch.nn.Module) -> torch.dtype:
-    """The dtype the model's forward runs its parameters in (bf16 under an FSDP2 bf16 policy)."""
-    if getattr(model, _BF16_ATTR, False):
-        return torch.bfloat16
-    return next(model.parameters()).dtype
-
-
 def output_weight(model: torch.nn.Module) -> torch.Tensor:
     """The full LM-head weight, as a tensor the chunked losses can use and differentiate. Under FSDP the
     root unit is gathered (a no-op right after a forward, which leaves it gathered; a collective
@@ -194,15 +187,4 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-
-
-def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    if is_sharded(model):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
-        return
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 

@@ -4,8 +4,7 @@ Model and optimizer state go through torch.distributed.checkpoint's ``get_state_
 ``set_state_dict``, keyed by parameter name, in one of two layouts (``train.checkpoint_format``):
 
 - ``sharded``: each rank writes its own parameter and Adam-moment shards (DCP ``shards/__<rank>_0.distcp``
-  files plus ``shards/.metadata``) into the staging folder, which every rank must see (one node); DCP
-  reshards on load, so a run may resume on another world size.
+  files plus ``shards/.metadata``) into the staging folder, which every rank must see (one node);
 - ``full``: the state is gathered to rank 0 (CPU), which writes ``model.pt`` and ``optimizer.pt``;
   loading reads them on rank 0 and broadcasts each tensor's shards. Works when ranks do not share
   a disk (nodes with node-local checkpoint folders: only rank 0's folder is saved and restored).
