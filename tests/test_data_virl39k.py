@@ -115,6 +115,7 @@ def test_prepare_data_reads_virl39k_and_filters_the_overlong_prompt(tmp_path):
     assert m["prompt_tokens"]["limit"] == 600 and 0 < m["prompt_tokens"]["max"] <= 600
     assert m["prompt_tokens"]["policy"] == "tiny:0.5m"
     assert m["images_archive"]["files"] == 5 and m["images_archive"]["image_root"] == str(root)
+    assert m["n_images"] == 4 and m["max_images_per_item"] == 2
 
     items = {it.id: it for it in prepared.train_items}
     assert sorted(items) == ["q-count-4", "q-geo-1", "q-two-2"]
@@ -130,6 +131,13 @@ def test_prepare_data_reads_virl39k_and_filters_the_overlong_prompt(tmp_path):
                         "PassRate_7BBase": 0.25}
     assert items["q-count-4"].meta["PassRate_7BBase"] == -1.0
     assert geo.answer == "\\boxed{12}" and geo.source == "MMK12"
+    # the verifiable reward reads the published \boxed{} golds
+    from ptdpo.rewards import score_batch
+
+    completions = ["<think>6*4/2</think><answer>12</answer>", "<think>-</think><answer>B</answer>",
+                   "<think>-</think><answer>4</answer>"]
+    scored = score_batch(completions, [geo, two, items["q-count-4"]], max_workers=0, timeout_s=5.0)
+    assert [r.accuracy for r in scored] == [1.0, 1.0, 0.0]
 
     # the count is the trainer's: its guard passes every kept item and raises on the dropped one
     cfg = train_config_from_dict(dict(TRAIN))

@@ -71,7 +71,8 @@ def image_ref(v: Any, base: Path | None, embed: bool, item_id: str | None, fname
             exists = False
         if not exists:
             shown = s if len(s) <= 80 else s[:77] + "..."
-            raise ItemError(item_id, fname, f"image file not found: {shown} (looked at {str(p)[:120]})", where)
+            looked = str(p) if len(str(p)) <= 300 else "..." + str(p)[-297:]  # the end names the file
+            raise ItemError(item_id, fname, f"image file not found: {shown} (looked at {looked})", where)
         return p.read_bytes() if embed else str(p.resolve())
     try:
         from PIL import Image
