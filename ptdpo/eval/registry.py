@@ -37,6 +37,7 @@ from typing import Any
 from ptdpo.answers.choices import gold_choice
 from ptdpo.answers.words import CHOICE_LETTERS
 from ptdpo.data.schema import Item
+from ptdpo.data.text import strip_image_tokens
 
 ANSWER_TYPES = ("auto", "number", "expression", "choice", "text")
 TRANSFORMS = ("strip_image_tokens", "options_from_text", "answer_from_tags")
@@ -165,7 +166,6 @@ def _keep(item: Item, filters: Mapping[str, Any]) -> bool:
     return True
 
 
-_IMAGE_TOKEN_RE = re.compile(r"<image(?:\s*_?\s*(\d+))?>", re.IGNORECASE)
 _OPTION_SPLIT_RE = re.compile(r"(?:^|[;\n]|\s)\s*\(?([A-Z])[.):]\s*")
 
 
@@ -191,8 +191,7 @@ def _transform(item: Item, transforms: Iterable[str]) -> Item:
     for t in transforms:
         kind, _, arg = t.partition(":")
         if kind == "strip_image_tokens":
-            q = _IMAGE_TOKEN_RE.sub(lambda m: f"(image {m.group(1)})" if m.group(1) else "", item.question)
-            item.question = re.sub(r"[ \t]{2,}", " ", q).strip() or item.question
+            item.question = strip_image_tokens(item.question)
         elif kind == "options_from_text":
             raw = item.meta.get(arg or "option") if isinstance(item.meta, dict) else None
             opts = parse_lettered_options(raw) if isinstance(raw, str) else None

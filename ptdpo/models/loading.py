@@ -145,6 +145,32 @@ def load_policy(
     return model, processor
 
 
+def load_policy_processor(spec: str, min_pixels: int | None = None, max_pixels: int | None = None):
+    """The processor ``load_policy(spec, min_pixels=..., max_pixels=...)`` returns, without loading any
+    weights (for work that only tokenizes, such as counting prompt lengths when the data is prepared)."""
+    if spec.startswith("tiny:"):
+        from ptdpo.models.processor import build_processor
+        from ptdpo.models.tiny import TINY_SIZES
+
+        size, _ = parse_tiny_spec(spec)
+        if size not in TINY_SIZES:
+            raise PolicyLoadError(f"unknown tiny size in {spec!r}; known: {sorted(TINY_SIZES)}")
+        return build_processor(min_pixels=min_pixels, max_pixels=max_pixels)
+    if _is_local(spec):
+        source = os.path.expanduser(spec)
+    elif _looks_like_path(spec):
+        raise PolicyLoadError(f"policy directory {spec!r} does not exist")
+    else:
+        source = spec
+    try:
+        processor = load_processor(source)
+    except OSError as e:
+        raise PolicyLoadError(f"cannot load the processor of policy {spec!r}: {e}") from e
+    if min_pixels is not None or max_pixels is not None:
+        set_pixel_limits(processor, min_pixels, max_pixels)
+    return processor
+
+
 def _load_model(source: str, dtype=None, attn_implementation: str | None = None):
     from transformers import AutoModelForImageTextToText
 
