@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
+from ptdpo.config import PromptTemplateName
 from ptdpo.config_fields import (
     Doc,
     FieldProblems,
@@ -82,6 +83,16 @@ class DataSection:
     sets: dict[str, DatasetSpec] = field(default_factory=dict)
     shuffle: bool = False  # shuffle the training items with the run's seed (matters for sharding only)
     manifest_benchmarks: bool = True  # load every benchmark once in prepare_data to record its manifest
+
+
+@dataclass
+class PromptSection:
+    """``prompt``: what the model is asked to write, ONE setting for the whole run. ``template`` (a
+    ``ptdpo.prompts.PROMPT_TEMPLATES`` name: ``boxed``, the paper's, or ``answer_tags``) builds the
+    training rollouts' prompts and the hinted teacher's, the format reward and the answer extraction,
+    and the evaluation prompts and scoring alike (the run config hands it to ``train`` and ``eval``)."""
+
+    template: PromptTemplateName = "boxed"
 
 
 @dataclass
