@@ -104,7 +104,10 @@ def test_recipes_follow_the_paper(name):
     assert cfg["hints"] == cfg_of("qwen3vl-2b.json")["hints"]
     assert cfg["hints"]["generator"]["model"] == "Qwen/Qwen3-VL-235B-A22B-Thinking"
     gen = cfg["eval"]["generation"]
-    assert (gen["max_new_tokens"], gen["temperature"], gen["k"]) == (4096, 1.0, 8)  # avg@8
+    assert (gen["max_new_tokens"], gen["temperature"], gen["top_p"], gen["k"]) == (4096, 1.0, 1.0, 8)  # avg@8
+    from ptdpo.eval import PAPER_SUITE
+
+    assert tuple(cfg["eval"]["benchmarks"]) == PAPER_SUITE  # PAPO's suite (METHOD.md 5)
     assert cfg["hints"]["generator"]["name"] == "vllm"
     mount = next(iter(cfg["kubernetes"]["persistent_volume_claims"].values()))
     assert cfg["hints"]["cache_dir"].startswith(mount + "/")  # shard caches survive pod retries
