@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
+from ptdpo.config import PromptTemplateName
 from ptdpo.config_fields import (
     Doc,
     FieldProblems,
@@ -88,6 +89,16 @@ class DataSection:
 
 
 DATA_OPTIONS = tuple(f.name for f in dataclasses.fields(DataSection) if f.name not in ("train", "sets"))
+
+
+@dataclass
+class PromptSection:
+    """``prompt``: what the model is asked to write, ONE setting for the whole run. ``template`` (a
+    ``ptdpo.prompts.PROMPT_TEMPLATES`` name: ``boxed``, the paper's, or ``answer_tags``) builds the
+    training rollouts' prompts and the hinted teacher's, the format reward and the answer extraction,
+    and the evaluation prompts and scoring alike (the run config hands it to ``train`` and ``eval``)."""
+
+    template: PromptTemplateName = "boxed"
 
 
 @dataclass

@@ -166,7 +166,7 @@ def test_unloadable_model_gives_an_error_row(user_bench):
 
 def test_resolve_benchmarks_defaults_to_paper_suite():
     names = [d["name"] for d in resolve_benchmarks()]
-    assert names[:2] == ["geometry3k", "mathvista"] and len(names) == 7
+    assert names[:2] == ["geometry3k", "mathvista"] and len(names) == 8  # with MMK12 (METHOD.md 5)
     assert [d["name"] for d in resolve_benchmarks("synthetic_id, synthetic_ood")] == [
         "synthetic_id",
         "synthetic_ood",
