@@ -121,7 +121,9 @@ class VLLMConfig:
     # None: on where the platform supports it (CUDA), off elsewhere; true where it is unsupported is an error
     enable_sleep_mode: bool | None = None
     limit_images: PositiveInt | None = None  # images per prompt; None: 4 colocated with training, 8 alone
-    cpu_kv_cache_gib: PositiveInt | None = None  # CPU backend only: KV cache size (None: sized by vLLM from RAM)
+    # KV cache size in GiB (vLLM's kv_cache_memory_bytes). None: vLLM sizes it from gpu_memory_utilization,
+    # on CPU as that share of the machine's RAM: set it there (1 GiB serves the tiny models)
+    kv_cache_gib: PositiveFloat | None = None
     mm_processor_kwargs: dict[str, Any] | None = None  # to vLLM's image processor; train passes its min/max pixels
     seed: NonNegativeInt = 0  # the engine's own seed; samples are seeded per request
     engine_kwargs: dict[str, Any] = field(default_factory=dict)  # any other vllm.LLM argument, passed as given

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-VLLM_TESTS = Path(__file__).resolve().parent / "vllm"
+VLLM_TESTS = Path(__file__).resolve().parent / "vllm_engine"
 
 
 def pytest_ignore_collect(collection_path, config):

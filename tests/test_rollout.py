@@ -149,6 +149,8 @@ def test_vllm_engine_arguments_colocated_and_alone():
                   "limit_mm_per_prompt": {"image": 4}, "seed": 0, "max_model_len": 8192,
                   "mm_processor_kwargs": {"size": {"shortest_edge": 200704, "longest_edge": 1003520}},
                   "distributed_executor_backend": "external_launcher"}
+    assert engine_kwargs("m", VLLMConfig(kv_cache_gib=1.5), colocated=False, sleep_available=False)[
+        "kv_cache_memory_bytes"] == 3 * 2**29
     alone = engine_kwargs("m", VLLMConfig(), colocated=False, sleep_available=True)
     assert alone["gpu_memory_utilization"] == 0.9 and alone["enable_sleep_mode"] is False
     assert "distributed_executor_backend" not in alone

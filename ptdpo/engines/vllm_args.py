@@ -116,6 +116,8 @@ def engine_kwargs(
     }
     if options.max_model_len is not None:
         kwargs["max_model_len"] = options.max_model_len
+    if options.kv_cache_gib is not None:
+        kwargs["kv_cache_memory_bytes"] = int(options.kv_cache_gib * 2**30)
     mm = dict(options.mm_processor_kwargs or {})
     if pixel_limits is not None and "size" not in mm:
         mm["size"] = {"shortest_edge": int(pixel_limits[0]), "longest_edge": int(pixel_limits[1])}

@@ -110,8 +110,6 @@ class VLLMEngine:
         vllm = _import_vllm()
         from vllm.platforms import current_platform
 
-        if self.options.cpu_kv_cache_gib is not None and current_platform.device_type == "cpu":
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.options.cpu_kv_cache_gib)
         limits = None
         if self._processor is not None or self.colocated:
             from ptdpo.models.processor import pixel_limits

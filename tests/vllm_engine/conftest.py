@@ -17,7 +17,7 @@ os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 # float32 so the engine and transformers compute the same numbers; a 1 GiB KV cache, eager mode.
-OPTIONS = {"dtype": "float32", "enforce_eager": True, "max_model_len": 2048, "cpu_kv_cache_gib": 1}
+OPTIONS = {"dtype": "float32", "enforce_eager": True, "max_model_len": 2048, "kv_cache_gib": 1}
 SIZE = "tiny:1m"
 
 

@@ -33,8 +33,9 @@ def server(policy_dir, engine_options, tmp_path_factory):
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", policy_dir,
            "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port),
            "--dtype", engine_options["dtype"], "--max-model-len", str(engine_options["max_model_len"]), "--enforce-eager",
-           "--limit-mm-per-prompt", json.dumps({"image": 2})]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(engine_options["cpu_kv_cache_gib"])}
+           "--limit-mm-per-prompt", json.dumps({"image": 2}),
+           "--kv-cache-memory-bytes", str(int(engine_options["kv_cache_gib"] * 2**30))]
+    env = dict(os.environ)
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
