@@ -119,7 +119,7 @@ def engine_kwargs(
     if options.kv_cache_gib is not None:
         kwargs["kv_cache_memory_bytes"] = int(options.kv_cache_gib * 2**30)
     mm = dict(options.mm_processor_kwargs or {})
-    if pixel_limits is not None and "size" not in mm:
+    if pixel_limits is not None and not {"size", "min_pixels", "max_pixels"} & set(mm):  # the user's win
         mm["size"] = {"shortest_edge": int(pixel_limits[0]), "longest_edge": int(pixel_limits[1])}
     if mm:
         kwargs["mm_processor_kwargs"] = mm

@@ -9,7 +9,9 @@ tensors, which a separate engine process could not receive.
 Weight sync: ``collective_rpc("reload_weights", weights_iterator=...)`` on every worker, then the prefix
 cache and the encoder cache (image features computed with the old weights) are reset; without the
 encoder-cache reset the next image prompt fails with "Encoder cache miss". (The model runner's own
-``load_weights`` fails part-way on vLLM 0.32, leaving the engine half-updated.)
+``load_weights`` fails part-way on vLLM 0.32, leaving the engine half-updated.) vLLM logs "Failed to
+load weights" for layers whose tensors are no checkpoint weights (the image normalisation, rotary
+tables): they keep their values, which the tests check through the outputs.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class VLLMEngine:
         self.where = where
         self._processor = processor
         self.rank, self.world_size, self.tp_group = 0, 1, None
+        self.shares_trainer_world = False  # runs in a torch.distributed world the trainer started
         if colocated:
             self._join_training_world()
         self.engine_kwargs: dict[str, Any] = {}
@@ -95,11 +98,12 @@ class VLLMEngine:
     def _join_training_world(self) -> None:
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
+        self.shares_trainer_world = dist.is_available() and dist.is_initialized()
+        if self.shares_trainer_world:
             self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         tp = self.options.tensor_parallel_size
-        ranks = tensor_parallel_group(self.rank, self.world_size, tp, self.where)
-        if tp > 1:
+        if tp > 1 and self.world_size > 1:  # (one process with tp > 1: engine_kwargs says why not)
+            ranks = tensor_parallel_group(self.rank, self.world_size, tp, self.where)
             # every rank creates every group, in the same order (torch.distributed's rule)
             groups = [dist.new_group(list(range(k, k + tp))) for k in range(0, self.world_size, tp)]
             self.tp_group = groups[ranks[0] // tp]
@@ -215,15 +219,24 @@ class VLLMEngine:
             getattr(self.llm, method)(**kwargs)
 
     def close(self) -> None:
-        """Shut the engine down and free its memory (the object is unusable afterwards)."""
+        """Free the engine (the object is unusable afterwards). vLLM's shutdown tears down
+        torch.distributed's default process group; where that group is the trainer's, the engine is
+        released without it (its memory is freed with the objects; vLLM's own groups stay until the
+        process ends, so a process builds one colocated engine)."""
         llm, self.llm = self.llm, None
-        if llm is None:
+        client = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if client is None:
             return
-        engine = getattr(llm, "llm_engine", None)
-        core = getattr(engine, "engine_core", None)
-        if core is not None and hasattr(core, "shutdown"):
-            core.shutdown()
-        del llm
+        finalizer = getattr(client, "_finalizer", None)
+        if self.shares_trainer_world and finalizer is not None:
+            finalizer.detach()  # the in-process client would run vLLM's shutdown when collected
+            core = getattr(client, "engine_core", None)
+            for part in (getattr(core, "model_executor", None), getattr(core, "scheduler", None)):
+                if part is not None:
+                    part.shutdown()
+        elif hasattr(client, "shutdown"):
+            client.shutdown()
+        del llm, client
         import gc
 
         gc.collect()
