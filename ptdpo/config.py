@@ -124,6 +124,29 @@ class PTDConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """Options of a vLLM engine (``train.vllm`` for colocated rollouts, ``eval.generation.vllm`` for
+    evaluation), each a ``vllm.LLM`` argument; ``ptdpo.engines.vllm_args.engine_kwargs`` maps them.
+    ``None`` defaults are decided where the engine is built, from its role and the platform."""
+
+    tensor_parallel_size: PositiveInt = 1
+    # None: 0.35 colocated with training (the trainer keeps the rest), 0.9 for an engine alone
+    gpu_memory_utilization: Fraction | None = None
+    max_model_len: PositiveInt | None = None  # None: the model's own context length
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    enforce_eager: bool = False  # no CUDA graphs or compilation: faster start, slower decoding
+    # None: on where the platform supports it (CUDA), off elsewhere; true where it is unsupported is an error
+    enable_sleep_mode: bool | None = None
+    limit_images: PositiveInt | None = None  # images per prompt; None: 4 colocated with training, 8 alone
+    # KV cache size in GiB (vLLM's kv_cache_memory_bytes). None: vLLM sizes it from gpu_memory_utilization,
+    # on CPU as that share of the machine's RAM: set it there (1 GiB serves the tiny models)
+    kv_cache_gib: PositiveFloat | None = None
+    mm_processor_kwargs: dict[str, Any] | None = None  # to vLLM's image processor; train passes its min/max pixels
+    seed: NonNegativeInt = 0  # the engine's own seed; samples are seeded per request
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)  # any other vllm.LLM argument, passed as given
+
+
+@dataclass
 class TrainConfig:
     # The library's default policy is for programmatic use; a run config must name its policy
     # (train_config_from_dict(require_policy=True)).
@@ -177,7 +200,7 @@ class TrainConfig:
     freeze_vision: bool = False
     seed: NonNegativeInt = 0
     rollout_backend: Literal["hf", "vllm"] = "hf"
-    vllm: dict[str, Any] = field(default_factory=dict)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
     min_pixels: PositiveInt | None = None
     max_pixels: PositiveInt | None = None
     checkpoint_every: NonNegativeInt = 0  # 0: no periodic checkpoints
@@ -192,7 +215,7 @@ class TrainConfig:
         problems = instance_problems(self, where)
         if problems:
             raise ConfigError(problems)
-        out = dataclasses.replace(self, ptd=dataclasses.replace(self.ptd))
+        out = dataclasses.replace(self, ptd=dataclasses.replace(self.ptd), vllm=dataclasses.replace(self.vllm))
         if self.algorithm == "dapo" and out.ptd.distills:
             # The released PTD-DAPO scripts run with online filtering off: no dynamic sampling, no overlong
             # shaping. Set dynamic_sampling true to keep it (ptd.ptd_on_filtered_groups: the dropped

@@ -10,7 +10,7 @@ One step (:meth:`Trainer.train_step`):
   4. update over mini-batches: each micro-batch's share of L = L_RL + kl_coef * KL_ref + lambda_ptd *
      L_PTD (``ptdpo.objectives.ptdpo_loss``, global counts), gradient accumulation, data-parallel
      gradient sum, clipping, AdamW;
-  5. the rollout backend takes the new weights; metrics (``ptdpo.metrics``); a checkpoint every
+  5. the rollout engine takes the new weights; metrics (``ptdpo.metrics``); a checkpoint every
      ``checkpoint_every`` steps.
 """
 
@@ -31,6 +31,7 @@ from ptdpo import distributed as dist_utils
 from ptdpo.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ptdpo.config import TrainConfig
 from ptdpo.data.schema import Item
+from ptdpo.engines.base import GenerationEngine
 from ptdpo.hints.render import teacher_messages
 from ptdpo.hints.schema import Hint
 from ptdpo.metrics import OutcomeEntropy, UpdateTotals, mean_over_updates
@@ -42,7 +43,6 @@ from ptdpo.objectives import (
     get_policy_loss_fn,
     ptdpo_loss,
 )
-from ptdpo.rollout.base import RolloutBackend
 from ptdpo.rollout.collect import RewardFn, RolloutCollector, encode_messages, encode_student_prompts
 from ptdpo.rollout.groups import minibatches, rollout_stats
 from ptdpo.rollout.records import EncodedPrompt, Rollout, collate_completions, collate_prompts, pad_rows
@@ -101,7 +101,7 @@ class Trainer:
         processor: Any,
         items: Sequence[Item],
         hints: dict[str, Hint] | None = None,
-        backend: RolloutBackend | None = None,
+        engine: GenerationEngine | None = None,
         reference: torch.nn.Module | None = None,
         checkpoint_dir: str | Path | None = None,
         total_steps: int | None = None,
@@ -128,11 +128,11 @@ class Trainer:
         self.reference = reference
         if self.reference is not None:
             self.reference.eval().requires_grad_(False)
-        if backend is None:
-            from ptdpo.rollout.hf import HFRolloutBackend
+        if engine is None:
+            from ptdpo.engines.hf import TransformersEngine
 
-            backend = HFRolloutBackend(policy, processor, suppress_ids=None)
-        self.backend = backend
+            engine = TransformersEngine(policy, processor)
+        self.engine = engine
         self.pad_id = processor.tokenizer.pad_token_id
         self.optimizer = torch.optim.AdamW(
             [p for p in policy.parameters() if p.requires_grad],
@@ -145,7 +145,7 @@ class Trainer:
         self.total_steps = total_steps or cfg.max_steps
         self.scheduler = make_scheduler(self.optimizer, cfg, self.total_steps)
         self.sampler = EpochSampler(len(self.items), seed=cfg.seed)
-        self.collector = RolloutCollector(cfg, self.items, processor, backend, self.sampler, self.hints, reward_fn)
+        self.collector = RolloutCollector(cfg, self.items, processor, engine, self.sampler, self.hints, reward_fn)
         self.step = 0
         self.metrics: list[dict[str, float]] = []
         self.nonfinite_in_row = 0
@@ -162,10 +162,10 @@ class Trainer:
         """One step (module docstring): collect, reference and old log-probs, teacher forward, update,
         weight sync, metrics, checkpoint."""
         laps = _Laps()
-        self.backend.wake()
+        self.engine.wake()
         self.policy.eval()
         rollouts = self.collect()  # sample, reward, refill, advantages, PTD mask
-        self.backend.sleep()
+        self.engine.sleep()
         laps.lap("rollout")
         self._reference_and_old_logprobs(rollouts)  # log pi_ref for the KL term, log pi_old for several updates
         laps.lap("ref")
@@ -175,7 +175,8 @@ class Trainer:
         update = self._update(rollouts)  # optimizer steps on L = L_RL + kl_coef KL_ref + lambda_ptd L_PTD
         if not update.get("skipped_nonfinite"):
             self.scheduler.step()
-        self.backend.sync_weights(self.policy)  # the next rollouts sample the new weights
+        # the next rollouts sample the new weights (a sleeping vLLM engine wakes its weights to load them)
+        self.engine.sync_weights(self.policy)
         laps.lap("update")
         self.step += 1
         m = self._step_metrics(rollouts, teacher, update, laps)
@@ -444,7 +445,7 @@ class Trainer:
         self.step = step
         self.metrics = list(state["metrics"])
         self.nonfinite_in_row = state.get("nonfinite_in_row", 0)
-        self.backend.sync_weights(self.policy)
+        self.engine.sync_weights(self.policy)
 
     def resume_if_possible(self, source: str | Path | None = None) -> bool:
         """Load the newest complete checkpoint under ``source`` (or this run's own folder)."""

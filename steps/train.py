@@ -100,16 +100,16 @@ def run_training(
         model, processor = policy
     # The frozen reference is copied before sharding and sharded the same way as the policy.
     reference = copy.deepcopy(model) if cfg.needs_reference else None
+    engine = None
+    if cfg.rollout_backend == "vllm":  # built before sharding: it may load the policy's initial weights
+        from ptdpo.rollout.engine import make_rollout_engine
+
+        engine = make_rollout_engine(cfg, model, processor, out_dir)
     model = dist_utils.shard_model(model, cfg.sharding)
     if reference is not None:
         reference = dist_utils.shard_model(reference.requires_grad_(False), cfg.sharding)
-    backend = None
-    if cfg.rollout_backend == "vllm":
-        from ptdpo.rollout.vllm_backend import VLLMRolloutBackend
-
-        backend = VLLMRolloutBackend(cfg.policy, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, **cfg.vllm)
     trainer = Trainer(
-        cfg, model, processor, items, hints=hints, backend=backend, reference=reference,
+        cfg, model, processor, items, hints=hints, engine=engine, reference=reference,
         checkpoint_dir=ckpt_dir, on_checkpoint=on_checkpoint,
     )
     resumed_from = 0
@@ -124,6 +124,7 @@ def run_training(
                     trainer.save()  # unless train_step just saved this step
                 raise InjectedFailure(f"injected failure after step {trainer.step}")
     trainer.fit(target, progress=progress)
+    trainer.engine.close()  # a vLLM engine holds device memory until closed
     model_dir = out_dir / "model"
     final = dist_utils.full_state_dict(trainer.policy)  # a collective under FSDP: every rank calls it
     if trainer.dist.rank == 0:
