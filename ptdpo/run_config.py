@@ -217,7 +217,15 @@ def run_config_from_dict(cfg: dict[str, Any]) -> RunConfig:
         train_dict = {**train_dict, "prompt_template": prompt.template}
     train = collect(problems, lambda: train_config_from_dict(train_dict, "train", require_policy=True))
     data = collect(problems, lambda: data_section(cfg.get("data", {})))
-    ev = collect(problems, lambda: eval_section(cfg.get("eval", {})))
+    ev_dict = cfg.get("eval", {})
+    gen_dict = ev_dict.get("generation") if isinstance(ev_dict, dict) else None
+    if isinstance(gen_dict, dict) and "prompt_template" in gen_dict:
+        problems.append("eval.generation.prompt_template: set prompt.template instead (one setting for the "
+                        "rollouts, the teacher, the rewards and evaluation)")
+        ev_dict = {**ev_dict, "generation": {k: v for k, v in gen_dict.items() if k != "prompt_template"}}
+    if isinstance(ev_dict, dict) and prompt is not None:
+        ev_dict = {**ev_dict, "generation": {**(ev_dict.get("generation") or {}), "prompt_template": prompt.template}}
+    ev = collect(problems, lambda: eval_section(ev_dict))
     hints = None
     if cfg.get("hints") is not None:
         hints = collect(problems, lambda: hints_section(cfg["hints"]))

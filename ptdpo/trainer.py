@@ -294,7 +294,8 @@ class Trainer:
 
     def _teacher_prompts(self, items: list[Item]) -> list[EncodedPrompt]:
         ctx = self.cfg.ptd.teacher_context
-        messages = [teacher_messages(it, self.hints.get(it.id), context=ctx) for it in items]
+        messages = [teacher_messages(it, self.hints.get(it.id), context=ctx, template=self.cfg.prompt_template)
+                    for it in items]
         return encode_messages(self.processor, messages, items, self.cfg.enable_thinking)
 
     @torch.no_grad()

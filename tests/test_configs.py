@@ -99,7 +99,7 @@ def test_recipes_follow_the_paper(name):
                                                                                           "all_tokens")
     assert t.prompt_template == "boxed" and run_config_from_dict(cfg).prompt.template == "boxed"
     assert t.max_prompt_length == (4096 if size == "8B" else 8192)
-    assert t.vllm["max_model_len"] >= t.max_prompt_length + t.max_response_length
+    assert t.vllm.max_model_len >= t.max_prompt_length + t.max_response_length
     # the same hint generator at every size: Qwen3-VL-235B-A22B-Thinking through vLLM
     assert cfg["hints"] == cfg_of("qwen3vl-2b.json")["hints"]
     assert cfg["hints"]["generator"]["model"] == "Qwen/Qwen3-VL-235B-A22B-Thinking"

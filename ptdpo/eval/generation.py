@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ptdpo.data.schema import Item, item_images
-from ptdpo.prompts import SYSTEM_PROMPT, build_messages
+from ptdpo.prompts import LIBRARY_TEMPLATE, TemplateName, build_messages
 
 BACKENDS = ("transformers", "vllm")
 
@@ -34,7 +34,9 @@ class GenerationConfig:
     ``enable_thinking`` is passed to the chat template (Qwen3 templates then open ``<think>`` in the
     prompt); ``think_prefilled`` (default: same as ``enable_thinking``) tells the format check that the
     output may start inside the think block. Paper setting (METHOD.md 5): ``max_new_tokens=4096,
-    temperature=1.0, k=8`` (avg@8).
+    temperature=1.0, k=8`` (avg@8). ``prompt_template`` (``ptdpo.prompts``) fixes the format instruction,
+    the system prompt, the format check and where the answer is read, as in training; a run config sets it
+    from ``prompt.template``. ``system_prompt``, when given, replaces the template's own.
     """
 
     max_new_tokens: int = 4096
@@ -46,7 +48,8 @@ class GenerationConfig:
     seed: int = 0
     enable_thinking: bool = False
     think_prefilled: bool | None = None
-    system_prompt: str | None = SYSTEM_PROMPT
+    prompt_template: TemplateName = LIBRARY_TEMPLATE
+    system_prompt: str | None = None
     backend: str = "transformers"
     limit: int | None = None
     score_timeout_s: float = 5.0
@@ -105,7 +108,11 @@ class Sample:
 
 
 def messages_for(item: Item, cfg: GenerationConfig) -> list[dict[str, Any]]:
-    return build_messages(item, system_prompt=cfg.system_prompt)
+    """The chat of ``item`` in the run's prompt template (``system_prompt``, when given, replaces the
+    template's own)."""
+    if cfg.system_prompt is None:
+        return build_messages(item, template=cfg.prompt_template)
+    return build_messages(item, template=cfg.prompt_template, system_prompt=cfg.system_prompt)
 
 
 def _progress(total: int, desc: str, enabled: bool):

@@ -34,7 +34,7 @@ def encode_messages(processor: Any, messages: list[list[dict]], items: Sequence[
 
 def encode_student_prompts(processor: Any, items: Sequence[Item], cfg: TrainConfig) -> list[EncodedPrompt]:
     """The answer-free prompts of ``items``; an item over ``train.max_prompt_length`` is an ItemError."""
-    prompts = encode_messages(processor, [build_messages(it) for it in items], items, cfg.enable_thinking)
+    prompts = encode_messages(processor, [build_messages(it, template=cfg.prompt_template) for it in items], items, cfg.enable_thinking)
     for it, p in zip(items, prompts):
         # A multimodal prompt cannot be cut safely (the cut could fall inside the image tokens).
         if p.input_ids.numel() > cfg.max_prompt_length:
@@ -68,7 +68,7 @@ def score_rollouts(rollouts: list[Rollout], items: Sequence[Item], cfg: TrainCon
     else:
         results = score_batch(
             texts, its, max_workers=cfg.reward_workers, timeout_s=cfg.reward_timeout_s,
-            think_prefilled=cfg.think_prefilled or cfg.enable_thinking,
+            think_prefilled=cfg.think_prefilled or cfg.enable_thinking, template=cfg.prompt_template,
         )
         scores = [(res.accuracy, res.format) for res in results]
     for r, (accuracy, fmt) in zip(rollouts, scores):
