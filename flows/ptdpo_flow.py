@@ -109,16 +109,19 @@ class PTDPOFlow(FlowSpec):
     @resources(**step_resources("prepare_data"))
     @step
     def prepare_data(self):
-        """Load the training set, resolve the benchmarks, write the manifest."""
+        """Load the training set (over-long prompts dropped and counted), resolve the benchmarks, write the
+        manifest."""
         from steps.data import eval_branches, prepare_data
 
         rc = self.run_config
-        prepared = prepare_data(rc.data, rc.eval, seed=self.seed)
+        prepared = prepare_data(rc.data, rc.eval, seed=self.seed, train=rc.train)
         self.train_items = prepared.train_items
         self.benchmarks = prepared.benchmarks
         self.data_manifest = prepared.manifest
         self.eval_branches = eval_branches(prepared.benchmarks, rc.eval.models)
-        print(f"train: {self.data_manifest['train']['count']} items, hash {self.data_manifest['train']['content_hash'][:12]}")
+        m = self.data_manifest["train"]
+        print(f"train: {m['count']} items ({m['filtered_overlong']} over max_prompt_length dropped), "
+              f"hash {m['content_hash'][:12]}")
         self.next(self.generate_hints, foreach="hint_shards")
 
     # ------------------------------------------------------------------------------------- hints

@@ -7,6 +7,12 @@ values, ``PositiveFloat`` only numbers > 0...). Every problem names its key path
 problems are reported together. Values that depend on the algorithm (clip range, loss aggregation, KL)
 default to ``None`` and are resolved by :meth:`TrainConfig.resolved` to the paper's choice for that
 algorithm.
+
+Defaults follow the paper and its released code (METHOD.md 2.7, 5): EasyR1's PPO clip 0.2 / 0.3 with
+dual clip C = 3; the reference KL as the released scripts set it (k3 in the ``forward`` direction, the
+masked KL divided by all policy-gradient tokens); PTD with DAPO without online filtering or overlong
+shaping; the ``boxed`` prompt. Each other choice is a named option (docs/choices.md lists them).
+:meth:`TrainConfig.loss_options` hands the loss its options in one piece.
 """
 
 from __future__ import annotations
@@ -28,15 +34,19 @@ from ptdpo.config_fields import (
     instance_problems,
 )
 
-# The paper's / the algorithms' own defaults (METHOD.md 2.7).
+# The paper's / the algorithms' own defaults (METHOD.md 2.7). GRPO's clip is EasyR1's (the released
+# code's): clip_ratio_low 0.2, clip_ratio_high 0.3.
 ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
-    "grpo": {"clip_low": 0.2, "clip_high": 0.2, "loss_agg": "token-mean", "kl_coef": 0.01,
+    "grpo": {"clip_low": 0.2, "clip_high": 0.3, "loss_agg": "token-mean", "kl_coef": 0.01,
              "dynamic_sampling": False, "overlong_buffer": 0},
     "dapo": {"clip_low": 0.2, "clip_high": 0.28, "loss_agg": "token-mean", "kl_coef": 0.0,
              "dynamic_sampling": True, "overlong_buffer": None},
     "gspo": {"clip_low": 3e-4, "clip_high": 4e-4, "loss_agg": "seq-mean-token-mean", "kl_coef": 0.0,
              "dynamic_sampling": False, "overlong_buffer": 0},
 }
+
+# PTD on top of DAPO, as the released PTD-DAPO scripts run it (online_filtering=false).
+PTD_DAPO_DEFAULTS: dict[str, Any] = {"dynamic_sampling": False, "overlong_buffer": 0}
 
 
 # The loss aggregations of ptdpo.objectives.policy (LOSS_AGG_MODES; a test keeps the two equal): the
@@ -45,6 +55,13 @@ LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"
 # Adam's betas may be 0 (no momentum) but not 1; the JSD mixing weight beta lies strictly inside (0, 1).
 AdamBeta = Annotated[float, Range(ge=0, lt=1)]
 OpenUnit = Annotated[float, Range(gt=0, lt=1)]
+# Dual-clip PPO's constant: the loss of a negative-advantage token is capped at -A * c, so c > 1.
+DualClip = Annotated[float, Range(gt=1)]
+DUAL_CLIP_C = 3.0  # EasyR1's clip_ratio_dual, on in every released script
+# The reference KL (METHOD.md 2.7), as ptdpo.objectives.policy.KL_DIRECTIONS / loss.KL_NORMALIZERS name them.
+KlDirection = Literal["forward", "reverse"]
+KlNormalizer = Literal["all_tokens", "kl_tokens"]
+PromptTemplateName = Literal["boxed", "answer_tags"]  # ptdpo.prompts.PROMPT_TEMPLATES (a test keeps them equal)
 
 
 class ConfigError(FieldProblems):
@@ -107,6 +124,29 @@ class PTDConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """Options of a vLLM engine (``train.vllm`` for colocated rollouts, ``eval.generation.vllm`` for
+    evaluation), each a ``vllm.LLM`` argument; ``ptdpo.engines.vllm_args.engine_kwargs`` maps them.
+    ``None`` defaults are decided where the engine is built, from its role and the platform."""
+
+    tensor_parallel_size: PositiveInt = 1
+    # None: 0.35 colocated with training (the trainer keeps the rest), 0.9 for an engine alone
+    gpu_memory_utilization: Fraction | None = None
+    max_model_len: PositiveInt | None = None  # None: the model's own context length
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    enforce_eager: bool = False  # no CUDA graphs or compilation: faster start, slower decoding
+    # None: on where the platform supports it (CUDA), off elsewhere; true where it is unsupported is an error
+    enable_sleep_mode: bool | None = None
+    limit_images: PositiveInt | None = None  # images per prompt; None: 4 colocated with training, 8 alone
+    # KV cache size in GiB (vLLM's kv_cache_memory_bytes). None: vLLM sizes it from gpu_memory_utilization,
+    # on CPU as that share of the machine's RAM: set it there (1 GiB serves the tiny models)
+    kv_cache_gib: PositiveFloat | None = None
+    mm_processor_kwargs: dict[str, Any] | None = None  # to vLLM's image processor; train passes its min/max pixels
+    seed: NonNegativeInt = 0  # the engine's own seed; samples are seeded per request
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)  # any other vllm.LLM argument, passed as given
+
+
+@dataclass
 class TrainConfig:
     # The library's default policy is for programmatic use; a run config must name its policy
     # (train_config_from_dict(require_policy=True)).
@@ -128,9 +168,19 @@ class TrainConfig:
     grad_clip: PositiveFloat = 1.0
     clip_low: PositiveFloat | None = None
     clip_high: PositiveFloat | None = None
+    dual_clip_c: DualClip | None = DUAL_CLIP_C  # None: no dual clip
     loss_agg: LossAgg | None = None
     kl_coef: NonNegativeFloat | None = None
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    # forward (the released scripts' forward_kl): the estimator on r = log pi - log pi_ref; reverse: on
+    # r = log pi_ref - log pi (Schulman's estimator of KL(pi || pi_ref)).
+    kl_direction: KlDirection = "forward"
+    # all_tokens (released): the masked per-token KL summed over the step and divided by all its
+    # policy-gradient tokens; kl_tokens: divided by the tokens whose KL is on.
+    kl_normalizer: KlNormalizer = "all_tokens"
+    # The prompt and format of rollouts, the teacher, rewards (ptdpo.prompts). A run config sets it once
+    # for training and evaluation as prompt.template; this field carries it to the trainer.
+    prompt_template: PromptTemplateName = "boxed"
     temperature: PositiveFloat = 1.0
     top_p: Fraction = 1.0
     max_prompt_length: PositiveInt = 4096
@@ -156,7 +206,7 @@ class TrainConfig:
     freeze_vision: bool = False
     seed: NonNegativeInt = 0
     rollout_backend: Literal["hf", "vllm"] = "hf"
-    vllm: dict[str, Any] = field(default_factory=dict)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
     min_pixels: PositiveInt | None = None
     max_pixels: PositiveInt | None = None
     checkpoint_every: NonNegativeInt = 0  # 0: no periodic checkpoints
@@ -171,7 +221,14 @@ class TrainConfig:
         problems = instance_problems(self, where)
         if problems:
             raise ConfigError(problems)
-        out = dataclasses.replace(self, ptd=dataclasses.replace(self.ptd))
+        out = dataclasses.replace(self, ptd=dataclasses.replace(self.ptd), vllm=dataclasses.replace(self.vllm))
+        if self.algorithm == "dapo" and out.ptd.distills:
+            # The released PTD-DAPO scripts run with online filtering off: no dynamic sampling, no overlong
+            # shaping. Set dynamic_sampling true to keep it (ptd.ptd_on_filtered_groups: the dropped
+            # all-fail groups still feed PTD).
+            for key in ("dynamic_sampling", "overlong_buffer"):
+                if getattr(out, key) is None:
+                    setattr(out, key, PTD_DAPO_DEFAULTS[key])
         for key, value in ALGO_DEFAULTS[self.algorithm].items():
             if getattr(out, key) is None:
                 setattr(out, key, value)
@@ -184,6 +241,19 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def loss_options(self) -> dict[str, Any]:
+        """The keyword arguments of ``ptdpo.objectives.ptdpo_loss`` this config sets (all but the counts,
+        the tensors and the policy-loss function), from a resolved config."""
+        unresolved = [k for k in ("clip_low", "clip_high", "loss_agg", "kl_coef") if getattr(self, k) is None]
+        if unresolved:
+            raise ConfigError([f"train.{k}: unresolved (call TrainConfig.resolved() first)" for k in unresolved])
+        return {
+            "kl_coef": self.kl_coef, "lambda_ptd": self.ptd.lambda_ptd, "kl_estimator": self.kl_estimator,
+            "kl_direction": self.kl_direction, "kl_normalizer": self.kl_normalizer,
+            "clip_low": self.clip_low, "clip_high": self.clip_high, "dual_clip_c": self.dual_clip_c,
+            "loss_agg_mode": self.loss_agg, "max_response_len": self.max_response_length,
+        }
 
     @property
     def needs_reference(self) -> bool:

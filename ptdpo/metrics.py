@@ -48,7 +48,11 @@ METRICS: tuple[Metric, ...] = (
     Metric("teacher_nll", "teacher NLL (nats/token)", "negative log-likelihood of the student's tokens under the teacher"),
     # -- the update (means over the step's optimizer steps)
     Metric("pg_loss", "policy-gradient loss", "L_RL of the step, the policy loss with the step's global normaliser"),
-    Metric("kl_ref", "KL to reference", "KL_ref: mean k-estimator KL to the frozen reference over its tokens"),
+    Metric("kl_ref", "KL to reference",
+           "mean k-estimator KL to the frozen reference over the tokens whose KL is on (PTD masks it on its groups)"),
+    Metric("kl_ref_all", "KL to reference, all rollouts",
+           "the same KL as a mean over every policy-gradient token, the KL-masked ones counted as 0 (still "
+           "measured when PTD masks every group; with kl_normalizer all_tokens the KL term of the loss)"),
     Metric("ptd_loss", "PTD loss (Top-K JSD)", "L_PTD: mean Top-K divergence over the step's PTD tokens (unweighted)"),
     Metric("ptd_loss_weighted", "lambda_ptd * PTD loss", "lambda_ptd * L_PTD: the PTD term as it enters the loss"),
     Metric("student_entropy", "student entropy (nats/token)", "policy entropy on the policy-gradient tokens"),
@@ -180,9 +184,16 @@ class UpdateTotals:
         out.update(self.student_entropy.reduce(all_sum).metrics("student_entropy"))
         out["ptd_loss"] = all_sum(self.ptd_loss_sum) / max(counts.ptd_tokens, 1)
         out["ptd_loss_weighted"] = lambda_ptd * out["ptd_loss"]
-        out["kl_ref"] = all_sum(self.kl_ref_sum) / max(counts.kl_tokens, 1)
+        out.update(kl_ref_means(all_sum(self.kl_ref_sum), counts.kl_tokens, counts.pg_tokens))
         out["pg_loss"] = all_sum(self.pg_loss)
         return out
+
+
+def kl_ref_means(kl_sum: float, kl_tokens: float, pg_tokens: float) -> dict[str, float]:
+    """The two reference-KL metrics of a step from its summed per-token KL: ``kl_ref``, the mean over the
+    ``kl_tokens`` tokens whose KL is on, and ``kl_ref_all``, the mean over all ``pg_tokens``
+    policy-gradient tokens with the masked ones counted as zero (0 without tokens)."""
+    return {"kl_ref": kl_sum / max(kl_tokens, 1), "kl_ref_all": kl_sum / max(pg_tokens, 1)}
 
 
 def mean_over_updates(updates: list[dict[str, float]]) -> dict[str, float]:

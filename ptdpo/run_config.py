@@ -3,7 +3,9 @@
 **Files** are JSON (``configs/*.json``). A file may start from another with ``"extends":
 "qwen3vl-2b.json"`` (a file in ``configs/``, a path relative to the current directory, or an absolute
 path); its keys are merged into the parent's as a JSON merge patch (RFC 7386: objects merge
-recursively, ``null`` removes a key, anything else replaces; ``ptdpo.config.merge_patch``).
+recursively, ``null`` removes a key, anything else replaces; ``ptdpo.config.merge_patch``). ``extends``
+may list several files: ``["ablations/tau-0.2.json", "overlays/tiny-smoke.json"]`` starts from the first
+and patches the others on top, in order (the overlays of ``configs/overlays`` and ``configs/hints``).
 
 **Checks.** :func:`run_config_from_dict` checks every key's type, range and allowed values and lists
 every problem at once, each naming its key path and the offending value (:class:`RunConfigError`). The
@@ -15,6 +17,8 @@ go through ``resolve_benchmark``, ``eval.generation`` is a ``GenerationConfig``,
 must bind to the generator's constructor, with the types it declares.
 
 **Sections**: ``name``, ``project`` (lower-case, names deployments), ``description``, ``notes``, ``seed``,
+``prompt`` (the prompt template of the whole run: ``{"template": "boxed"}``, the default, or
+``"answer_tags"``; it becomes ``train.prompt_template``, which a file must not set itself),
 ``data``, ``hints`` (needed when ``train.ptd`` uses hints), ``train``, ``eval``, ``resources.<step>``,
 ``retry.<step>``, ``timeout.<step>``, ``kubernetes``, ``schedule``, ``report``; their types and
 builders are in ``ptdpo.run_sections``.
@@ -42,6 +46,7 @@ from ptdpo.run_sections import (
     EvalSection,
     HintAuditSection,
     HintsSection,
+    PromptSection,
     ReportSection,
     RetrySpec,
     RunConfigError,
@@ -62,8 +67,8 @@ from ptdpo.run_sections import (
 )
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-SECTIONS = ("name", "project", "description", "notes", "seed", "extends", "data", "hints", "train", "eval",
-            "resources", "retry", "timeout", "kubernetes", "schedule", "report")
+SECTIONS = ("name", "project", "description", "notes", "seed", "extends", "prompt", "data", "hints", "train",
+            "eval", "resources", "retry", "timeout", "kubernetes", "schedule", "report")
 REQUIRED_SECTIONS = ("name", "project", "data", "train", "eval", "resources")
 
 
@@ -77,10 +82,26 @@ def _find_parent(ref: str, config_dir: Path) -> Path:
     raise RunConfigError([f"extends: cannot find {ref!r} (looked at {', '.join(str(c) for c in candidates)})"])
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # JSON lets a key appear twice and json.loads keeps the last one: a config edited in two places would
+    # silently use whichever came last.
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise RunConfigError([f"{key}: appears twice in the same object of the config file (JSON keeps only "
+                                  "the last); keep one"])
+        seen[key] = value
+    return seen
+
+
 def load_config_dict(text: str, config_dir: Path = CONFIG_DIR, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The config as a dict with ``extends`` resolved (no checks); ``extends_chain`` lists the parents."""
+    """The config as a dict with ``extends`` resolved (no checks); ``extends_chain`` lists the parents.
+
+    ``extends`` is one file or a list of files: the first is the base, each further one is applied on top
+    of it as a merge patch (an overlay such as ``overlays/tiny-smoke.json`` or ``hints/openai-endpoint.json``),
+    then the file's own keys."""
     try:
-        cfg = json.loads(text)
+        cfg = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as e:
         raise RunConfigError([f"config is not valid JSON: {e}"]) from e
     if not isinstance(cfg, dict):
@@ -88,15 +109,21 @@ def load_config_dict(text: str, config_dir: Path = CONFIG_DIR, _seen: tuple[str,
     parent_ref = cfg.pop("extends", None)
     if parent_ref is None:
         return cfg
-    if not isinstance(parent_ref, str):
-        raise RunConfigError([f"extends: expected a file name, got {show(parent_ref)}"])
-    parent_path = _find_parent(parent_ref, config_dir)
-    key = str(parent_path.resolve())
-    if key in _seen:
-        raise RunConfigError([f"extends: cycle through {parent_path}"])
-    parent = load_config_dict(parent_path.read_text(), config_dir, _seen + (key,))
-    merged = merge_patch(parent, cfg)
-    merged["extends_chain"] = [parent_ref] + list(parent.get("extends_chain", []))
+    refs = [parent_ref] if isinstance(parent_ref, str) else parent_ref
+    if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
+        raise RunConfigError([f"extends: expected a file name or a non-empty list of them, got {show(parent_ref)}"])
+    merged: dict[str, Any] | None = None
+    chain: list[str] = []
+    for ref in refs:
+        parent_path = _find_parent(ref, config_dir)
+        key = str(parent_path.resolve())
+        if key in _seen:
+            raise RunConfigError([f"extends: cycle through {parent_path}"])
+        parent = load_config_dict(parent_path.read_text(), config_dir, _seen + (key,))
+        chain += [ref] + list(parent.pop("extends_chain", []))
+        merged = parent if merged is None else merge_patch(merged, parent)
+    merged = merge_patch(merged, cfg)
+    merged["extends_chain"] = chain
     return merged
 
 
@@ -125,9 +152,10 @@ class RunConfig:
     name: str
     project: str
     data: DataSection
-    train: TrainConfig  # resolved (algorithm defaults filled in)
+    train: TrainConfig  # resolved (algorithm defaults filled in); prompt_template from ``prompt``
     eval: EvalSection
     resources: dict[str, StepResources]
+    prompt: PromptSection = field(default_factory=PromptSection)
     hints: HintsSection | None = None
     description: str | None = None
     notes: str | list[str] | None = None
@@ -179,9 +207,25 @@ def run_config_from_dict(cfg: dict[str, Any]) -> RunConfig:
     if isinstance(project, str) and project and not (project.replace("_", "").isalnum() and project.islower()):
         problems.append(f"project: {project!r} must be lower-case letters, digits and '_' (it names deployments)")
 
-    train = collect(problems, lambda: train_config_from_dict(cfg.get("train", {}), "train", require_policy=True))
+    prompt = collect(problems, lambda: build(PromptSection, cfg.get("prompt") or {}, "prompt"))
+    train_dict = cfg.get("train", {})
+    if isinstance(train_dict, dict) and "prompt_template" in train_dict:
+        problems.append("train.prompt_template: set prompt.template instead (one setting for the rollouts, the "
+                        "teacher, the rewards and evaluation)")
+        train_dict = {k: v for k, v in train_dict.items() if k != "prompt_template"}
+    if isinstance(train_dict, dict) and prompt is not None:
+        train_dict = {**train_dict, "prompt_template": prompt.template}
+    train = collect(problems, lambda: train_config_from_dict(train_dict, "train", require_policy=True))
     data = collect(problems, lambda: data_section(cfg.get("data", {})))
-    ev = collect(problems, lambda: eval_section(cfg.get("eval", {})))
+    ev_dict = cfg.get("eval", {})
+    gen_dict = ev_dict.get("generation") if isinstance(ev_dict, dict) else None
+    if isinstance(gen_dict, dict) and "prompt_template" in gen_dict:
+        problems.append("eval.generation.prompt_template: set prompt.template instead (one setting for the "
+                        "rollouts, the teacher, the rewards and evaluation)")
+        ev_dict = {**ev_dict, "generation": {k: v for k, v in gen_dict.items() if k != "prompt_template"}}
+    if isinstance(ev_dict, dict) and prompt is not None:
+        ev_dict = {**ev_dict, "generation": {**(ev_dict.get("generation") or {}), "prompt_template": prompt.template}}
+    ev = collect(problems, lambda: eval_section(ev_dict))
     hints = None
     if cfg.get("hints") is not None:
         hints = collect(problems, lambda: hints_section(cfg["hints"]))
@@ -197,7 +241,7 @@ def run_config_from_dict(cfg: dict[str, Any]) -> RunConfig:
         raise RunConfigError(problems, cfg.get("name") if isinstance(cfg.get("name"), str) else None)
     return RunConfig(
         name=cfg["name"], project=cfg["project"], data=data, train=train, eval=ev, resources=resources,
-        hints=hints, description=cfg.get("description"), notes=cfg.get("notes"), seed=cfg.get("seed", 0),
+        prompt=prompt, hints=hints, description=cfg.get("description"), notes=cfg.get("notes"), seed=cfg.get("seed", 0),
         retry=retry, timeout=timeout, kubernetes=cfg.get("kubernetes") or {}, schedule=schedule, report=report,
         extends_chain=cfg.get("extends_chain", []),
     )
@@ -205,7 +249,8 @@ def run_config_from_dict(cfg: dict[str, Any]) -> RunConfig:
 
 __all__ = [  # the run config and, for the steps and scripts that take one section, its sections
     "AUDIT_RUN_KEYS", "CONFIG_DIR", "RESOURCE_KEYS", "RESOURCE_STEPS", "RETRY_STEPS", "TIMEOUT_STEPS",
-    "DataSection", "EvalSection", "HintAuditSection", "HintsSection", "ReportSection", "RetrySpec", "RunConfig",
+    "DataSection", "EvalSection", "HintAuditSection", "HintsSection", "PromptSection", "ReportSection", "RetrySpec",
+    "RunConfig",
     "RunConfigError", "ScheduleSection", "StepResources", "TrainResources", "data_section", "eval_section",
     "generation_config", "hints_section", "kubernetes_attributes", "load_config_dict", "load_config_file",
     "load_run_config", "parse_run_config", "run_config_from_dict",

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
+from ptdpo.config import PromptTemplateName
 from ptdpo.config_fields import (
     Doc,
     FieldProblems,
@@ -76,12 +77,28 @@ class RunConfigError(ValueError):
 # --------------------------------------------------------------------------------------- sections
 @dataclass
 class DataSection:
-    """``data``: the training set (``train``), further named sets (manifest only), and two options."""
+    """``data``: the training set (``train``), further named sets (manifest only), and its options."""
 
     train: DatasetSpec
     sets: dict[str, DatasetSpec] = field(default_factory=dict)
     shuffle: bool = False  # shuffle the training items with the run's seed (matters for sharding only)
     manifest_benchmarks: bool = True  # load every benchmark once in prepare_data to record its manifest
+    # drop training items whose prompt (images included, counted with the policy's processor) is over
+    # train.max_prompt_length, and count them in the manifest
+    filter_overlong: bool = True
+
+
+DATA_OPTIONS = tuple(f.name for f in dataclasses.fields(DataSection) if f.name not in ("train", "sets"))
+
+
+@dataclass
+class PromptSection:
+    """``prompt``: what the model is asked to write, ONE setting for the whole run. ``template`` (a
+    ``ptdpo.prompts.PROMPT_TEMPLATES`` name: ``boxed``, the paper's, or ``answer_tags``) builds the
+    training rollouts' prompts and the hinted teacher's, the format reward and the answer extraction,
+    and the evaluation prompts and scoring alike (the run config hands it to ``train`` and ``eval``)."""
+
+    template: PromptTemplateName = "boxed"
 
 
 @dataclass
@@ -188,15 +205,16 @@ def dataset_spec(spec: Any, where: str) -> DatasetSpec:
 
 
 def data_section(data: Any, where: str = "data") -> DataSection:
-    """``data``: ``train`` (required), further named dataset specs, ``shuffle``, ``manifest_benchmarks``."""
+    """``data``: ``train`` (required), further named dataset specs, and the options (``DATA_OPTIONS``)."""
     if not isinstance(data, dict):
         raise RunConfigError([f"{where}: expected an object, got {show(data)}"])
     problems: list[str] = []
     if "train" not in data:
         problems.append(f"{where}.train: missing (a load_items spec)")
-    options = {k: data[k] for k in ("shuffle", "manifest_benchmarks") if k in data}
+    options = {k: data[k] for k in DATA_OPTIONS if k in data}
+    hints = field_hints(DataSection)
     for k, v in options.items():
-        problems += check_value(v, bool, f"{where}.{k}")
+        problems += check_value(v, hints[k], f"{where}.{k}")
     specs = {}
     for name, spec in data.items():
         if name not in options:

@@ -10,7 +10,7 @@ One step (:meth:`Trainer.train_step`):
      hint-augmented prompt and the same images; ``ptdpo.teacher``), then its share of L = L_RL + kl_coef *
      KL_ref + lambda_ptd * L_PTD (``ptdpo.objectives.ptdpo_loss``, global counts) and its backward;
      then the data-parallel gradient sum, clipping and AdamW (float32 master weights, ``ptdpo.optim``);
-  5. the rollout backend takes the new weights; metrics (``ptdpo.metrics``); a checkpoint every
+  4. the rollout engine takes the new weights; metrics (``ptdpo.metrics``); a checkpoint every
      ``checkpoint_every`` steps.
 """
 
@@ -31,6 +31,7 @@ from ptdpo import distributed as dist_utils
 from ptdpo.checkpoint import latest_checkpoint, rng_state, set_rng_state
 from ptdpo.config import TrainConfig
 from ptdpo.data.schema import Item
+from ptdpo.engines.base import GenerationEngine
 from ptdpo.hints.render import teacher_messages
 from ptdpo.hints.schema import Hint
 from ptdpo.metrics import UpdateTotals, mean_over_updates
@@ -43,7 +44,6 @@ from ptdpo.objectives import (
     ptdpo_loss,
 )
 from ptdpo.optim import check_fp32_masters, make_optimizer, make_scheduler
-from ptdpo.rollout.base import RolloutBackend
 from ptdpo.rollout.collect import RewardFn, RolloutCollector, encode_messages, encode_student_prompts
 from ptdpo.rollout.groups import minibatches, rollout_stats
 from ptdpo.rollout.records import EncodedPrompt, Rollout, collate_completions, collate_prompts, pad_rows
@@ -91,7 +91,7 @@ class Trainer:
         processor: Any,
         items: Sequence[Item],
         hints: dict[str, Hint] | None = None,
-        backend: RolloutBackend | None = None,
+        engine: GenerationEngine | None = None,
         reference: torch.nn.Module | None = None,
         checkpoint_dir: str | Path | None = None,
         total_steps: int | None = None,
@@ -118,11 +118,11 @@ class Trainer:
         self.reference = reference
         if self.reference is not None:
             self.reference.eval().requires_grad_(False)
-        if backend is None:
-            from ptdpo.rollout.hf import HFRolloutBackend
+        if engine is None:
+            from ptdpo.engines.hf import TransformersEngine
 
-            backend = HFRolloutBackend(policy, processor, suppress_ids=None)
-        self.backend = backend
+            engine = TransformersEngine(policy, processor)
+        self.engine = engine
         self.pad_id = processor.tokenizer.pad_token_id
         trainable = [p for p in policy.parameters() if p.requires_grad]
         check_fp32_masters(trainable, {id(p): n for n, p in policy.named_parameters()})
@@ -132,7 +132,7 @@ class Trainer:
         self.total_steps = total_steps or cfg.max_steps
         self.scheduler = make_scheduler(self.optimizer, cfg, self.total_steps)
         self.sampler = EpochSampler(len(self.items), seed=cfg.seed)
-        self.collector = RolloutCollector(cfg, self.items, processor, backend, self.sampler, self.hints, reward_fn)
+        self.collector = RolloutCollector(cfg, self.items, processor, engine, self.sampler, self.hints, reward_fn)
         self.step = 0
         self.metrics: list[dict[str, float]] = []
         self.nonfinite_in_row = 0
@@ -149,10 +149,10 @@ class Trainer:
         """One step (module docstring): collect, reference and old log-probs, update (with the teacher
         streamed into it), weight sync, metrics, checkpoint."""
         laps = _Laps()
-        self.backend.wake()
+        self.engine.wake()
         self.policy.eval()
         rollouts = self.collect()  # sample, reward, refill, advantages, PTD mask
-        self.backend.sleep()
+        self.engine.sleep()
         laps.lap("rollout")
         self._reference_and_old_logprobs(rollouts)  # log pi_ref for the KL term, log pi_old for several updates
         laps.lap("ref")
@@ -161,7 +161,8 @@ class Trainer:
         update = self._update(rollouts, teacher)  # optimizer steps on L = L_RL + kl_coef KL_ref + lambda_ptd L_PTD
         if not update.get("skipped_nonfinite"):
             self.scheduler.step()
-        self.backend.sync_weights(self.policy)  # the next rollouts sample the new weights
+        # the next rollouts sample the new weights (a sleeping vLLM engine wakes its weights to load them)
+        self.engine.sync_weights(self.policy)
         laps.lap("update")
         laps.seconds["teacher"] = teacher.seconds if teacher else 0.0
         laps.seconds["update"] -= laps.seconds["teacher"]
@@ -292,7 +293,8 @@ class Trainer:
         """The teacher's prompts of ``rollouts``: the privileged context, exactly the student's images."""
         ctx = self.cfg.ptd.teacher_context
         items = [self.items[r.item_index] for r in rollouts]
-        messages = [teacher_messages(it, self.hints.get(it.id), context=ctx) for it in items]
+        messages = [teacher_messages(it, self.hints.get(it.id), context=ctx, template=self.cfg.prompt_template)
+                    for it in items]
         prompts = encode_messages(self.processor, messages, items, self.cfg.enable_thinking)
         for r, tp in zip(rollouts, prompts):
             _assert_same_images(r.prompt, tp)
@@ -463,7 +465,7 @@ class Trainer:
         self.step = step
         self.metrics = list(state["metrics"])
         self.nonfinite_in_row = state.get("nonfinite_in_row", 0)
-        self.backend.sync_weights(self.policy)
+        self.engine.sync_weights(self.policy)
 
     def resume_if_possible(self, source: str | Path | None = None) -> bool:
         """Load the newest complete checkpoint under ``source`` (or this run's own folder)."""

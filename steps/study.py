@@ -114,7 +114,8 @@ def evaluate_policy(model, processor, items: Sequence[Item], k: int = 4, tempera
     "boxes"`` (the base model's think form), also how well the greedy think blocks of the spatial relation
     items locate the objects (``diagnostics.box_reasoning_error``: think_exact, corner_abs_error)."""
     from ptdpo.answers import extract_answer, normalize_text
-    from ptdpo.models.multimodal import encode_prompts, generate_completions
+    from ptdpo.engines import SamplingConfig, TransformersEngine
+    from ptdpo.models.sampling import mix_seed
     from ptdpo.prompts import build_messages
     from ptdpo.rewards import score_batch
     from ptdpo.study.base_model import greedy_responses
@@ -122,19 +123,14 @@ def evaluate_policy(model, processor, items: Sequence[Item], k: int = 4, tempera
 
     set_threads()
     greedy_texts, greedy = greedy_responses(model, processor, items, None, max_new_tokens, batch_size)
-    acc, fmt, lens, passk = [], [], [], []
-    per = max(1, batch_size // k)
-    for i in range(0, len(items), per):
-        chunk = list(items[i : i + per])
-        rep = [it for it in chunk for _ in range(k)]
-        batch = encode_prompts(processor, [build_messages(it) for it in rep], [item_images(it) for it in rep])
-        comp = generate_completions(model, processor, batch, max_new_tokens, temperature=temperature,
-                                    do_sample=True, seed=seed + i)
-        res = score_batch(comp.texts, rep, max_workers=1)
-        acc += [r.accuracy for r in res]
-        fmt += [r.format for r in res]
-        lens += [float(n) for n in comp.lengths]
-        passk += [float(any(r.accuracy for r in res[j : j + k])) for j in range(0, len(res), k)]
+    engine = TransformersEngine(model, processor, max_batch_rows=batch_size)
+    prompts = engine.encode([build_messages(it) for it in items], [item_images(it) for it in items])
+    groups = engine.sample(prompts, k, SamplingConfig(max_new_tokens, temperature, 1.0),
+                           [mix_seed(seed, i) for i in range(len(items))])
+    res = score_batch([s.text for g in groups for s in g], [it for it in items for _ in range(k)], max_workers=1)
+    acc, fmt = [r.accuracy for r in res], [r.format for r in res]
+    lens = [float(s.completion.numel()) for g in groups for s in g]
+    passk = [float(any(r.accuracy for r in res[j : j + k])) for j in range(0, len(res), k)]
     mean = lambda xs: float(sum(xs) / max(len(xs), 1))  # noqa: E731
     answers = Counter(normalize_text(extract_answer(t) or "") for t in greedy_texts)
     out = {"greedy_accuracy": mean(greedy), f"avg@{k}": mean(acc), f"pass@{k}": mean(passk),

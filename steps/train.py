@@ -97,18 +97,19 @@ def run_training(
         model, processor, reference = load_models(cfg)
     else:
         model, processor = policy
-        # An in-memory policy (tests, warm starts): the reference is a copy, sharded like the policy.
+        # An in-memory policy (tests, warm starts): the reference is a copy, sharded like the policy below.
         reference = copy.deepcopy(model) if cfg.needs_reference else None
+    engine = None
+    if cfg.rollout_backend == "vllm":  # built before sharding: it may load the policy's initial weights
+        from ptdpo.rollout.engine import make_rollout_engine
+
+        engine = make_rollout_engine(cfg, _whole_policy(cfg, model), processor, out_dir)
+    if policy is not None:
         model = dist_utils.shard_model(model, cfg.sharding, cfg.precision)
         if reference is not None:
             reference = dist_utils.shard_model(reference.requires_grad_(False), cfg.sharding, cfg.precision)
-    backend = None
-    if cfg.rollout_backend == "vllm":
-        from ptdpo.rollout.vllm_backend import VLLMRolloutBackend
-
-        backend = VLLMRolloutBackend(cfg.policy, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, **cfg.vllm)
     trainer = Trainer(
-        cfg, model, processor, items, hints=hints, backend=backend, reference=reference,
+        cfg, model, processor, items, hints=hints, engine=engine, reference=reference,
         checkpoint_dir=ckpt_dir, on_checkpoint=on_checkpoint,
     )
     resumed_from = 0
@@ -123,6 +124,7 @@ def run_training(
                     trainer.save()  # unless train_step just saved this step
                 raise InjectedFailure(f"injected failure after step {trainer.step}")
     trainer.fit(target, progress=progress)
+    trainer.engine.close()  # a vLLM engine holds device memory until closed
     model_dir = out_dir / "model"
     final = dist_utils.full_state_dict(trainer.policy)  # a collective under FSDP: every rank calls it
     if trainer.dist.rank == 0:
@@ -165,6 +167,21 @@ def load_models(cfg: TrainConfig):
     if reference is not None:
         reference = dist_utils.shard_model(reference, cfg.sharding, cfg.precision)
     return model, processor, reference
+
+
+def _whole_policy(cfg: TrainConfig, model):
+    """The unsharded policy a vLLM engine may need to start from: ``model`` itself unless FSDP sharded it
+    at load time; then a ``tiny:`` policy is rebuilt whole (a few MB; other policies load from their files)."""
+    import torch
+
+    from ptdpo import distributed as dist_utils
+    from ptdpo.models import load_policy
+
+    if not dist_utils.is_sharded(model):
+        return model
+    if cfg.policy.startswith("tiny:"):
+        return load_policy(cfg.policy, dtype=torch.float32, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)[0]
+    return None
 
 
 # ---------------------------------------------------------------------- multi-process launch

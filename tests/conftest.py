@@ -1,4 +1,10 @@
-"""Shared pytest fixtures.
+"""Shared pytest fixtures, and what the main run collects.
+
+``tests/vllm_engine/`` holds the tests of the real vLLM engine: they run in the vLLM environment
+(``.venv-vllm``, built by ``scripts/setup.sh``) with ``.venv-vllm/bin/python -m pytest tests/vllm_engine``, which
+``tests/test_vllm_env.py`` does on every run of the main suite. The main run (``pytest`` from ``.venv``)
+skips that folder when it walks ``tests/``, unless ``PTDPO_VLLM_TESTS=1``; naming it on the command line
+always collects it.
 
 Models: ``tiny_policy`` is a (model, processor) pair of the 0.5M-parameter random Qwen3-VL, built once
 per session (seed 0, eval mode). Treat it as read-only: a test that trains or edits weights takes
@@ -7,7 +13,18 @@ per session (seed 0, eval mode). Treat it as read-only: a test that trains or ed
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+
+VLLM_TESTS = Path(__file__).resolve().parent / "vllm_engine"
+
+
+def pytest_ignore_collect(collection_path, config):
+    if Path(collection_path).resolve() == VLLM_TESTS and os.environ.get("PTDPO_VLLM_TESTS") != "1":
+        return True
+    return None
 
 TINY_SIZE = "0.5m"
 TINY_SEED = 0

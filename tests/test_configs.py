@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The configs of flows/ptdpo_flow.py (configs/study*.json belong to flows/study_flow.py, another schema).
 CONFIGS = sorted(
     p.relative_to(ROOT / "configs").as_posix()
-    for pattern in ("tiny.json", "tiny-*.json", "qwen3vl-*.json", "baselines/*.json")
+    for pattern in ("tiny.json", "tiny-*.json", "qwen3vl-*.json", "baselines/*.json", "ablations/*.json")
     for p in (ROOT / "configs").glob(pattern)
 )
 RECIPES = {"qwen3vl-2b.json": ("2B", 0.05), "qwen3vl-4b.json": ("4B", 0.5), "qwen3vl-8b.json": ("8B", 0.05)}
@@ -47,9 +47,9 @@ def test_every_config_validates(name):
 
     cfg = cfg_of(name)
     rc = run_config_from_dict(cfg)
-    train = train_config_from_dict(copy.deepcopy(cfg["train"]))
+    train = train_config_from_dict({**copy.deepcopy(cfg["train"]), "prompt_template": rc.prompt.template})
     assert train.policy == cfg["train"]["policy"] == rc.train.policy
-    assert rc.train == train  # the run config's train section is the resolved TrainConfig
+    assert rc.train == train  # the run config's train section is the resolved TrainConfig (+ prompt.template)
     # every step with configurable resources has them, and the hint generator's kwargs bind
     for step in ("prepare_data", "generate_hints", "audit", "train", "evaluate", "report"):
         assert {"cpu", "memory"} <= set(cfg["resources"][step]), step
@@ -94,9 +94,21 @@ def test_recipes_follow_the_paper(name):
     assert (t.ptd.enabled, t.ptd.lambda_ptd, t.ptd.k, t.ptd.tau_ptd, t.ptd.teacher_context) == (True, lam, 100, 1.0, "hint")
     assert (t.kl_coef, t.temperature, t.top_p, t.epochs) == (0.01, 1.0, 0.99, 2)
     assert not t.freeze_vision
+    # the released RL details and the paper's prompt (METHOD.md 2.7, 5)
+    assert (t.clip_low, t.clip_high, t.dual_clip_c, t.kl_direction, t.kl_normalizer) == (0.2, 0.3, 3.0, "forward",
+                                                                                          "all_tokens")
+    assert t.prompt_template == "boxed" and run_config_from_dict(cfg).prompt.template == "boxed"
+    assert t.max_prompt_length == (4096 if size == "8B" else 8192)
+    assert t.vllm.max_model_len >= t.max_prompt_length + t.max_response_length
+    # the same hint generator at every size: Qwen3-VL-235B-A22B-Thinking through vLLM
+    assert cfg["hints"] == cfg_of("qwen3vl-2b.json")["hints"]
+    assert cfg["hints"]["generator"]["model"] == "Qwen/Qwen3-VL-235B-A22B-Thinking"
     gen = cfg["eval"]["generation"]
-    assert (gen["max_new_tokens"], gen["temperature"], gen["k"]) == (4096, 1.0, 8)  # avg@8
-    assert cfg["hints"]["generator"]["name"] in ("openai", "vllm")
+    assert (gen["max_new_tokens"], gen["temperature"], gen["top_p"], gen["k"]) == (4096, 1.0, 1.0, 8)  # avg@8
+    from ptdpo.eval import PAPER_SUITE
+
+    assert tuple(cfg["eval"]["benchmarks"]) == PAPER_SUITE  # PAPO's suite (METHOD.md 5)
+    assert cfg["hints"]["generator"]["name"] == "vllm"
     mount = next(iter(cfg["kubernetes"]["persistent_volume_claims"].values()))
     assert cfg["hints"]["cache_dir"].startswith(mount + "/")  # shard caches survive pod retries
     # hardware: GPUs for training and evaluation, an image, GPU nodes, shared memory, the cache PVC
@@ -135,10 +147,21 @@ def test_two_node_configs_differ_from_their_parent_only_in_the_node_count():
     assert env["NCCL_SOCKET_IFNAME"] == "eth0" and attrs["node_selector"]["ptdpo.io/pool"] == "gpu-h100"
 
 
-def test_4b_hints_come_from_vllm_without_the_parents_endpoint_keys():
-    gen = cfg_of("qwen3vl-4b.json")["hints"]["generator"]
-    assert gen["name"] == "vllm" and "base_url" not in gen and "api_key_env" not in gen  # null removed them
-    assert cfg_of("qwen3vl-4b.json")["resources"]["generate_hints"]["gpu"] == 4
+def test_hints_come_from_the_235b_thinking_model_on_vllm_or_any_endpoint():
+    """METHOD.md 5: Qwen3-VL-235B-Thinking writes the hints for every policy size; by default with the vLLM
+    generator inside the hint steps (8 GPUs, tensor parallel 8), or from any OpenAI-compatible server with
+    the configs/hints/openai-endpoint.json overlay (which drops the vLLM engine keys and the GPUs)."""
+    for name in RECIPES:
+        rc = run_config_from_dict(cfg_of(name))
+        gen = rc.hints.generator_config()
+        assert (gen["name"], gen["model"], gen["tensor_parallel_size"]) == ("vllm", "Qwen/Qwen3-VL-235B-A22B-Thinking", 8)
+        assert rc.resources["generate_hints"].gpu == 8 and rc.hints.structured
+        endpoint = run_config_from_dict(load_config_dict(json.dumps({"extends": [name, "hints/openai-endpoint.json"]})))
+        gen = endpoint.hints.generator_config()
+        assert (gen["name"], gen["model"]) == ("openai", "Qwen/Qwen3-VL-235B-A22B-Thinking")
+        assert gen["base_url"].startswith("http://hint-server.ptdpo.svc") and "tensor_parallel_size" not in gen
+        assert not endpoint.resources["generate_hints"].gpu
+        assert endpoint.train == rc.train and endpoint.eval == rc.eval  # only how hints are made changes
 
 
 def test_kubernetes_step_settings_overlay_the_defaults():
@@ -149,7 +172,10 @@ def test_kubernetes_step_settings_overlay_the_defaults():
     assert gpu_attrs["node_selector"]["ptdpo.io/pool"] == "gpu-h100"
     assert gpu_attrs["image"] == cpu_attrs["image"]
     hints_attrs, _ = kubernetes_attributes(cfg, "generate_hints")
-    assert "ptdpo-hint-api" in hints_attrs["secrets"]
+    assert hints_attrs["node_selector"]["ptdpo.io/pool"] == "gpu-h100"  # the 235B model runs in the hint step
+    endpoint = load_config_dict(json.dumps({"extends": ["qwen3vl-2b.json", "hints/openai-endpoint.json"]}))
+    hints_attrs, _ = kubernetes_attributes(endpoint, "generate_hints")
+    assert "ptdpo-hint-api" in hints_attrs["secrets"] and hints_attrs["node_selector"] == {"ptdpo.io/pool": "cpu"}
 
 
 # ------------------------------------------------------------------------------------- rejections
@@ -215,3 +241,29 @@ def test_extends_merges_as_a_json_merge_patch(tmp_path):
         load_config_dict(json.dumps({"extends": "nope.json"}))
     with pytest.raises(RunConfigError, match="not valid JSON"):
         parse_run_config("{not json")
+
+
+def test_extends_a_list_applies_overlays_in_order():
+    cfg = load_config_dict(json.dumps({"extends": ["qwen3vl-4b.json", "overlays/tiny-smoke.json"],
+                                       "train": {"max_steps": 3}}))
+    assert cfg["extends_chain"] == ["qwen3vl-4b.json", "qwen3vl-2b.json", "overlays/tiny-smoke.json"]
+    rc = run_config_from_dict(cfg)
+    assert rc.train.policy == "tiny:0.5m" and rc.train.max_steps == 3  # the file's own keys come last
+    assert rc.train.ptd.lambda_ptd == 0.5 and rc.train.mini_batch_prompts is None  # 4B's lambda; null removed
+    assert rc.hints.generator == {"name": "oracle"} and rc.data.train.format == "synthetic"
+    with pytest.raises(RunConfigError, match="non-empty list"):
+        load_config_dict(json.dumps({"extends": []}))
+    with pytest.raises(RunConfigError, match="non-empty list"):
+        load_config_dict(json.dumps({"extends": ["tiny.json", 3]}))
+
+
+def test_one_prompt_template_for_the_run():
+    assert run_config_from_dict(cfg_of("tiny.json")).train.prompt_template == "boxed"
+    tags = _broken(lambda c: c.update(prompt={"template": "answer_tags"}))
+    assert run_config_from_dict(tags).train.prompt_template == "answer_tags"
+    with pytest.raises(RunConfigError, match="train.prompt_template: set prompt.template instead"):
+        run_config_from_dict(_broken(lambda c: c["train"].update(prompt_template="boxed")))
+    with pytest.raises(RunConfigError, match="prompt.template"):
+        run_config_from_dict(_broken(lambda c: c.update(prompt={"template": "xml"})))
+    with pytest.raises(RunConfigError, match="prompt"):
+        run_config_from_dict(_broken(lambda c: c.update(prompt={"tmplate": "boxed"})))

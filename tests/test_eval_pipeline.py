@@ -1,5 +1,5 @@
-"""Evaluation end to end: a user's jsonl benchmark with the tiny model, k samples, crash isolation, the
-vLLM backend's requests (with a stand-in ``vllm`` module: vLLM is not installed on CPU), lazy imports."""
+"""Evaluation end to end: a user's jsonl benchmark with the tiny model, k samples, crash isolation, what the
+vLLM backend asks of vLLM (the engine itself runs in tests/vllm_engine), lazy imports."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import math
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pandas as pd
@@ -166,7 +165,7 @@ def test_unloadable_model_gives_an_error_row(user_bench):
 
 def test_resolve_benchmarks_defaults_to_paper_suite():
     names = [d["name"] for d in resolve_benchmarks()]
-    assert names[:2] == ["geometry3k", "mathvista"] and len(names) == 7
+    assert names[:2] == ["geometry3k", "mathvista"] and len(names) == 8  # with MMK12 (METHOD.md 5)
     assert [d["name"] for d in resolve_benchmarks("synthetic_id, synthetic_ood")] == [
         "synthetic_id",
         "synthetic_ood",
@@ -174,43 +173,12 @@ def test_resolve_benchmarks_defaults_to_paper_suite():
 
 
 # ------------------------------------------------------------------------------------------------ vLLM
+# The vLLM engine itself runs in tests/vllm_engine (the vLLM environment); here: what it is asked.
 
 
-def _fake_vllm(record: dict) -> types.ModuleType:
-    mod = types.ModuleType("vllm")
+def test_vllm_backend_requests_and_options(tiny_processor, user_bench):
+    from ptdpo.engines.vllm_args import engine_kwargs, vllm_options
 
-    class SamplingParams:
-        def __init__(self, **kwargs):
-            record["sampling"] = kwargs
-            self.n = kwargs["n"]
-
-    class _Out:
-        def __init__(self, text, n_tokens, finish):
-            self.text, self.token_ids, self.finish_reason = text, list(range(n_tokens)), finish
-
-    class _Res:
-        def __init__(self, outputs):
-            self.outputs = outputs
-
-    class LLM:
-        def __init__(self, model, **kwargs):
-            record["llm"] = {"model": model, **kwargs}
-
-        def generate(self, requests, params, use_tqdm=True):
-            record.setdefault("requests", []).extend(requests)
-            outs = []
-            for _ in requests:
-                text = "<think>t</think><answer>1</answer>"
-                outs.append(_Res([_Out(text, 7, "stop")] + [_Out("cut", 9, "length")] * (params.n - 1)))
-            return outs
-
-    mod.LLM, mod.SamplingParams = LLM, SamplingParams
-    return mod
-
-
-def test_vllm_backend_requests_and_sampling(monkeypatch, tiny_processor, user_bench):
-    record: dict = {}
-    monkeypatch.setitem(sys.modules, "vllm", _fake_vllm(record))
     backend = VLLMBackend(
         "Qwen/Qwen3-VL-2B-Thinking",
         processor=tiny_processor,
@@ -222,29 +190,43 @@ def test_vllm_backend_requests_and_sampling(monkeypatch, tiny_processor, user_be
     )
     spec = resolve_benchmark(user_bench)
     items = [prompt_item(spec, it) for it in load_benchmark(spec)]
-    reqs = backend.build_requests(items, cfg)
+    from ptdpo.data.schema import item_images
+    from ptdpo.engines.prompts import render_chats
+    from ptdpo.engines.vllm_args import build_requests
+    from ptdpo.eval.generation import messages_for
+
+    prompts = render_chats(tiny_processor, [messages_for(it, cfg) for it in items], [item_images(it) for it in items],
+                           enable_thinking=True)
+    reqs = build_requests(prompts)
     assert len(reqs) == 4
     for req, it in zip(reqs, items):
         assert req["prompt"].count("<|image_pad|>") == len(it.images) == len(req["multi_modal_data"]["image"])
         assert it.question in req["prompt"] and "<answer>" in req["prompt"]  # format instruction
         assert req["multi_modal_data"]["image"][0].size == (64, 64)
     assert "C. green" in reqs[3]["prompt"]  # options are shown
-    preds, rows, err = run_benchmark(backend, user_bench, cfg, model_name="vllm-model")
+    kw = engine_kwargs(backend.model, vllm_options(backend.llm_kwargs, "eval.generation.vllm"), colocated=False,
+                       sleep_available=True)
+    assert kw["model"] == "Qwen/Qwen3-VL-2B-Thinking"
+    assert kw["gpu_memory_utilization"] == 0.8 and kw["limit_mm_per_prompt"] == {"image": 8}
+    assert kw["mm_processor_kwargs"]["max_pixels"] == 16384 and kw["enable_sleep_mode"] is False
+    with pytest.raises(ValueError, match=r"vllm: unknown key 'gpu_memory_utilisation'"):
+        GenerationConfig(backend="vllm", vllm={"gpu_memory_utilisation": 0.8})
+
+
+class _ScriptedSamples:
+    """A backend whose samples are fixed: sample 0 answers "1", the others are cut by the token limit."""
+
+    name = "vllm"
+
+    def generate(self, items, cfg, desc="", on_batch=None):
+        return [[Sample("<think>t</think><answer>1</answer>", 7, False)] + [Sample("cut", 9, True)] * (cfg.k - 1)
+                for _ in items]
+
+
+def test_metrics_from_k_samples(user_bench):
+    cfg = GenerationConfig(**FAST, temperature=1.0, top_p=0.99, k=4, pass_k=[1, 4], backend="vllm")
+    preds, rows, err = run_benchmark(_ScriptedSamples(), user_bench, cfg, model_name="vllm-model")
     assert err is None
-    assert record["sampling"] == {
-        "n": 4,
-        "temperature": 1.0,
-        "top_p": 0.99,
-        "top_k": -1,
-        "max_tokens": 6,
-        "seed": 0,
-        "skip_special_tokens": True,
-    }
-    assert record["llm"]["model"] == "Qwen/Qwen3-VL-2B-Thinking"
-    assert record["llm"]["gpu_memory_utilization"] == 0.8 and record["llm"]["limit_mm_per_prompt"] == {
-        "image": 8
-    }
-    assert record["llm"]["mm_processor_kwargs"]["max_pixels"] == 16384
     assert len(preds) == 16 and preds["truncated"].sum() == 12
     got = {r["metric"]: r["value"] for r in rows}
     # sample 0 answers "1": correct only for item u1 -> avg@4 = 1/4 * 1/4, pass@4 = 1/4
@@ -252,12 +234,15 @@ def test_vllm_backend_requests_and_sampling(monkeypatch, tiny_processor, user_be
     assert got["truncation_rate"] == pytest.approx(0.75)
 
 
-def test_vllm_greedy_sampling_params(monkeypatch):
-    record: dict = {}
-    monkeypatch.setitem(sys.modules, "vllm", _fake_vllm(record))
-    VLLMBackend.sampling_params(GenerationConfig(temperature=0.0, max_new_tokens=32, k=8))
-    assert record["sampling"]["n"] == 1 and record["sampling"]["temperature"] == 0.0
-    assert record["sampling"]["top_k"] == 1
+def test_transformers_backend_samples_do_not_depend_on_the_batch_size(tiny_policy, user_bench):
+    model, processor = tiny_policy
+    spec = resolve_benchmark(user_bench)
+    items = [prompt_item(spec, it) for it in load_benchmark(spec)]
+    texts = []
+    for batch_size in (4, 1):
+        cfg = GenerationConfig(**{**FAST, "batch_size": batch_size}, temperature=1.0, k=2, seed=5)
+        texts.append([[x.text for x in s] for s in TransformersBackend(model, processor).generate(items, cfg)])
+    assert texts[0] == texts[1]
 
 
 def test_importing_eval_does_not_import_vllm_or_torch(tmp_path):

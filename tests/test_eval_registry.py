@@ -58,6 +58,31 @@ def _think(ans: str) -> str:
     return f"<think>reasoning</think><answer>{ans}</answer>"
 
 
+
+
+def _mathverse_row(index: str, version: str, question: str, answer: str, qtype: str, seed: int) -> dict:
+    """A MathVerse testmini row; query_wo / query_cot carry the benchmark's own answer instructions."""
+    shown = question or "the question shown in the image"
+    return {
+        "sample_index": index, "problem_index": str(int(index) % 7), "problem_version": version,
+        "question": question, "image": _img(seed), "answer": answer, "question_type": qtype,
+        "metadata": {"split": "testmini", "subject": "Plane Geometry"},
+        "query_wo": f"According to {shown}, please directly answer the question and provide the correct option "
+                    "letter, e.g., A, B, C, D.",
+        "query_cot": f"According to {shown}, please first conduct reasoning, and then answer the question and "
+                     "provide the correct option letter, e.g., A, B, C, D, at the end.",
+        "question_for_eval": question or "Which angle? A:30 B:45",
+    }
+
+
+MATHVERSE_ROWS = [
+    _mathverse_row("5", "Vision Only", "", "B", "multi-choice", 1),
+    _mathverse_row("1", "Text Dominant", "As shown in the figure, find the angle.\nChoices:\nA:30\nB:45", "B",
+                   "multi-choice", 2),
+    _mathverse_row("10", "Vision Only", "", "5", "free-form", 3),
+    _mathverse_row("20", "Vision Dominant", "Find the angle.\nChoices:\nA:30\nB:45\nC:60", "C", "multi-choice", 4),
+]
+
 # Each fixture: rows in the public schema, expectations after loading, one correct output per item.
 FIXTURES: dict[str, dict] = {
     "geometry3k": {
@@ -116,6 +141,48 @@ FIXTURES: dict[str, dict] = {
             and items[1].meta["precision"] == 2.0
             and items[0].meta["query"].startswith("Hint:")
         ),
+    },
+    "mathvista_multi_choice": {
+        "rows": None,  # the mathvista rows (filled in below): only the multiple-choice one is kept
+        "n": 1,
+        "answers": ["B"],
+        "good": [_think("(B)")],
+        "check": lambda items: items[0].id == "1" and items[0].choices == ["3", "4", "5"],
+    },
+    "mathverse": {
+        "rows": MATHVERSE_ROWS,
+        "n": 3,  # the free-form row is not rule-verifiable: filtered out
+        "answers": ["B", "B", "C"],
+        "good": [_think("B"), _think("(B)"), _think("C")],
+        "check": lambda items: (
+            [it.id for it in items] == ["5", "1", "20"]
+            # the bare question column, never query_cot / query_wo and their answer instructions
+            and items[0].question == "Answer the question shown in the image."
+            and items[1].question == "As shown in the figure, find the angle.\nChoices:\nA:30\nB:45"
+            and not any("conduct reasoning" in it.question or "directly answer" in it.question for it in items)
+        ),
+    },
+    "mathverse_vision_dependent": {
+        "rows": MATHVERSE_ROWS,
+        "n": 2,  # multiple choice in the vision versions only: the Text Dominant and free-form rows go
+        "answers": ["B", "C"],
+        "good": [_think("B"), _think("C")],
+        "check": lambda items: [it.meta["problem_version"] for it in items] == ["Vision Only", "Vision Dominant"],
+    },
+    "mmk12": {
+        "rows": [
+            {
+                "images": [_img(1)],
+                "problem": "<image>As shown in the figure, what is the area of the shaded part?\n"
+                "A. 2\nB. 4\nC. 6\nD. 8",
+                "answer": "B",
+            },
+            {"images": [_img(2)], "problem": "<image>Find the value of x in the figure.", "answer": "\\frac{3}{2}"},
+        ],
+        "n": 2,
+        "answers": ["B", "\\frac{3}{2}"],
+        "good": [_think("B"), _think("1.5")],
+        "check": lambda items: items[0].question.startswith("As shown in the figure") and items[0].choices is None,
     },
     "mathverse_vision_only": {
         "rows": [
@@ -341,6 +408,8 @@ FIXTURES: dict[str, dict] = {
     },
 }
 
+FIXTURES["mathvista_multi_choice"]["rows"] = FIXTURES["mathvista"]["rows"]
+
 HUB_BENCHMARKS = [n for n, s in REGISTRY.items() if s.dataset.get("format") == "hf"]
 
 
@@ -466,3 +535,25 @@ def test_parse_lettered_options():
     assert parse_lettered_options("(A) x (B) y") == ["x", "y"]
     assert parse_lettered_options("A. 1; C. 3") is None
     assert parse_lettered_options("") is None
+
+
+def test_paper_suite_is_papos_and_graded_by_the_last_box(tmp_path):
+    """METHOD.md 5: the PAPO suite (counting on clevr_count_70k, MMK12, MathVerse filtered to multiple
+    choice), graded as PAPO-Eval grades: the last \\boxed{} of each sample, nothing else."""
+    from ptdpo.rewards import score_batch
+
+    assert PAPER_SUITE == ("geometry3k", "mathvista", "mathverse", "mmmu_pro_vision", "logicvista", "clevr_count",
+                           "wemath", "mmk12")
+    for name in PAPER_SUITE:
+        spec = get_benchmark(name)
+        assert spec.hub["papo_eval"]["dataset"] == "PAPO-Galaxy/PAPO_eval" and spec.hub["papo_eval"]["rows"] > 0
+        assert "query_cot" not in json.dumps(spec.dataset) and "query_cot" not in spec.prompt_template
+        items = load_benchmark(spec.with_local_file(_write(tmp_path, name, FIXTURES[name]["rows"])))
+        boxed = [f"<think>reading the figure</think>The answer is \\boxed{{{a}}}." for a in FIXTURES[name]["answers"]]
+        out = score_batch(boxed, items, answer_type=spec.answer_type, template="boxed", max_workers=1)
+        assert [(r.accuracy, r.format) for r in out] == [(1.0, 1.0)] * len(items), (name, [r.reason for r in out])
+        tagged = [_think(a) for a in FIXTURES[name]["answers"]]  # the right answer, not in a box
+        out = score_batch(tagged, items, answer_type=spec.answer_type, template="boxed", max_workers=1)
+        assert [r.accuracy for r in out] == [0.0] * len(items), name
+    with pytest.raises(BenchmarkError, match="question_from"):
+        BenchmarkSpec.from_dict({"name": "x", "dataset": {"format": "jsonl"}, "transforms": ["question_from:q"]})

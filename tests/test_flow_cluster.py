@@ -313,7 +313,7 @@ def test_with_kubernetes_run_gives_the_pods_the_config(s3_env, tmp_path):
     assert out.returncode != 0  # no cluster
     line = next((ln for ln in text.splitlines() if " kubernetes step start " in ln), None)
     assert line, text[-3000:]
-    for arg in ("--image ghcr.io/ptdpo/ptdpo:0.1.0-cuda12.8", "--image-pull-policy IfNotPresent",
+    for arg in ("--image ghcr.io/ptdpo/ptdpo:0.1.0-cuda13.0", "--image-pull-policy IfNotPresent",
                 "--service-account ptdpo-metaflow", "--secrets ptdpo-hub-token",
                 "--node-selector ptdpo.io/pool=cpu", "--k8s-namespace ptdpo",
                 '--persistent-volume-claims {"ptdpo-model-cache": "/cache"}'):

@@ -174,6 +174,7 @@ def test_tiny_config_runs_the_whole_dag(tmp_path):
     man = d.data_manifest
     assert man["train"]["count"] == cfg["data"]["train"]["n"] and re.fullmatch(r"[0-9a-f]{64}", man["train"]["content_hash"])
     assert set(man["benchmarks"]) == {"synthetic_id", "synthetic_ood"}
+    assert man["train"]["filtered_overlong"] == 0 and man["train"]["prompt_tokens"]["policy"] == "tiny:0.5m"
     assert all(b["count"] == 4 for b in man["benchmarks"].values())
 
     hints = d.hints

@@ -91,3 +91,30 @@ def test_configs_refer_to_objects_the_manifests_create():
             secrets |= set(per.get("secrets") or [])
         for s in secrets:
             assert ("Secret", s) in names, s
+
+
+def test_hint_server_is_sized_for_the_papers_hint_generator():
+    """k8s/optional/hint-server.yaml serves the hint generator of the recipes (Qwen3-VL-235B-A22B-Thinking,
+    METHOD.md 5) at the Service the openai-endpoint overlay points at, with GPUs for its weights."""
+    import json
+
+    docs = {d["kind"]: d for d in _docs("optional/hint-server.yaml")}
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--"))
+    recipe = json.loads((ROOT / "configs" / "qwen3vl-2b.json").read_text())["hints"]["generator"]
+    overlay = json.loads((ROOT / "configs" / "hints" / "openai-endpoint.json").read_text())["hints"]["generator"]
+    assert args[0] == recipe["model"] == overlay["model"] == "Qwen/Qwen3-VL-235B-A22B-Thinking"
+    gpus = int(container["resources"]["limits"]["nvidia.com/gpu"])
+    assert gpus == int(flags["tensor-parallel-size"]) == recipe["tensor_parallel_size"] == 8
+    assert int(flags["max-model-len"]) == recipe["max_model_len"] >= recipe["max_tokens"] + 8192
+    assert json.loads(flags["mm-processor-kwargs"]) == recipe["mm_processor_kwargs"]
+    # 235e9 BF16 parameters on the GPUs at the memory utilisation asked, with at least 8 GB per GPU left for
+    # the KV cache and the vision tower (80 GB GPUs: H100; an H200 has more)
+    weights_gb, gpu_gb = 235e9 * 2 / 1e9, 80
+    assert gpus * gpu_gb * float(flags["gpu-memory-utilization"]) - weights_gb >= 8 * gpus
+    port = docs["Service"]["spec"]["ports"][0]["port"]
+    assert overlay["base_url"] == f"http://{docs['Service']['metadata']['name']}.ptdpo.svc.cluster.local:{port}/v1"
+    assert int(flags["port"]) == container["ports"][0]["containerPort"] == port
+    assert {"ptdpo-hint-api", "ptdpo-hub-token"} == {e["secretRef"]["name"] for e in container["envFrom"]}

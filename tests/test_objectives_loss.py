@@ -54,45 +54,65 @@ def _call(x, rows, counts, **kw):
     )
 
 
-def _by_hand(x, kl_coef, lambda_ptd, clip_low, clip_high, loss_agg_mode, max_len):
+def _by_hand(x, kl_coef, lambda_ptd, clip_low, clip_high, loss_agg_mode, max_len, dual_clip_c=None,
+             kl_direction="reverse", kl_normalizer="kl_tokens"):
     """Python loops over tokens, float64, straight from the equations."""
     b, t = x["pg_mask"].shape
     lp, old, ref, div = (x[k].detach().tolist() for k in ("log_prob", "old_log_prob", "ref_log_prob", "divergence"))
     adv = x["advantages"].tolist()
     pg_terms: list[list[float]] = []
+    kl_terms: list[list[float]] = []  # per policy-gradient token, 0 where the KL is masked
     kl_sum, ptd_sum = 0.0, 0.0
     for i in range(b):
-        row = []
+        row, kl_row = [], []
         for j in range(t):
             if x["pg_mask"][i, j]:
                 ratio = math.exp(lp[i][j] - old[i][j])
                 clipped = min(max(ratio, 1 - clip_low), 1 + clip_high)
-                row.append(max(-adv[i] * ratio, -adv[i] * clipped))
+                term = max(-adv[i] * ratio, -adv[i] * clipped)
+                if dual_clip_c is not None and adv[i] < 0:
+                    term = min(term, -adv[i] * dual_clip_c)
+                row.append(term)
+                kl_row.append(0.0)
             if x["kl_mask"][i, j]:
-                r = ref[i][j] - lp[i][j]
+                r = ref[i][j] - lp[i][j] if kl_direction == "reverse" else lp[i][j] - ref[i][j]
                 kl_sum += math.exp(r) - r - 1  # k3
+                kl_row[-1] = math.exp(r) - r - 1
             if x["ptd_rows"][i, j]:
                 ptd_sum += div[i][j]
         pg_terms.append(row)
+        kl_terms.append(kl_row)
     n_tok = sum(len(r) for r in pg_terms)
     n_seq = sum(1 for r in pg_terms if r)
-    if loss_agg_mode == "token-mean":
-        l_rl = sum(sum(r) for r in pg_terms) / n_tok
-    elif loss_agg_mode == "seq-mean-token-mean":
-        l_rl = sum(sum(r) / len(r) for r in pg_terms if r) / n_seq
-    else:
-        l_rl = sum(sum(r) for r in pg_terms) / (n_seq * max_len)
-    kl_ref = kl_sum / int(x["kl_mask"].sum())
+
+    def aggregate(terms):
+        if loss_agg_mode == "token-mean":
+            return sum(sum(r) for r in terms) / n_tok
+        if loss_agg_mode == "seq-mean-token-mean":
+            return sum(sum(r) / len(r) for r in terms if r) / n_seq
+        return sum(sum(r) for r in terms) / (n_seq * max_len)
+
+    l_rl = aggregate(pg_terms)
+    # the released normaliser: the masked KL aggregated like L_RL over ALL policy-gradient tokens
+    kl_ref = aggregate(kl_terms) if kl_normalizer == "all_tokens" else kl_sum / int(x["kl_mask"].sum())
     l_ptd = ptd_sum / int(x["ptd_rows"].sum())
     return l_rl + kl_coef * kl_ref + lambda_ptd * l_ptd, l_rl, kl_ref, l_ptd, kl_sum, ptd_sum
 
 
+# the options of the KL and the clip: the released form (the defaults) and the project's earlier one
+FORMS = {
+    "released": {"dual_clip_c": 3.0, "kl_direction": "forward", "kl_normalizer": "all_tokens"},
+    "earlier": {"dual_clip_c": None, "kl_direction": "reverse", "kl_normalizer": "kl_tokens"},
+}
+
+
+@pytest.mark.parametrize("form", list(FORMS))
 @pytest.mark.parametrize("loss_agg_mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_total_loss_matches_hand_computation(loss_agg_mode, seed):
+def test_total_loss_matches_hand_computation(loss_agg_mode, seed, form):
     x = _batch(100 + seed)
     coefs = {"kl_coef": 0.05 + 0.1 * seed, "lambda_ptd": 0.3 + seed}
-    clip = {"clip_low": 0.2, "clip_high": 0.28}
+    clip = {"clip_low": 0.2, "clip_high": 0.28, **FORMS[form]}
     rows = torch.arange(x["pg_mask"].shape[0])
     loss, parts = _call(x, rows, _counts(x), **coefs, **clip, loss_agg_mode=loss_agg_mode, max_response_len=9)
     total, l_rl, kl_ref, l_ptd, kl_sum, ptd_sum = _by_hand(x, **coefs, **clip, loss_agg_mode=loss_agg_mode, max_len=9)
@@ -140,7 +160,7 @@ def test_absent_terms_and_the_policy_loss_function():
     full = {k: x[k] for k in ("log_prob", "old_log_prob", "advantages", "pg_mask")}
     # only the RL term: the policy loss itself, with the step's token count
     loss, parts = ptdpo_loss(counts, **full, clip_high=0.28)
-    expected, _ = ppo_clip_loss(*full.values(), clip_high=0.28, global_normalizer=counts.pg_tokens)
+    expected, _ = ppo_clip_loss(*full.values(), clip_high=0.28, dual_clip_c=3.0, global_normalizer=counts.pg_tokens)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
     assert "kl_ref" not in parts and "ptd_loss" not in parts
     # a function in place of a registered name

@@ -295,3 +295,17 @@ def test_the_uses_hints_rule_is_defined_once(tmp_path):
     found = _decisions_outside_ptdconfig(probe)
     assert {"defines ptd_needs_hints", "reads the key 'lambda_ptd'", "defines ptd_on", "reads .ptd.enabled",
             "tests .lambda_ptd", "reads .mask_only"} <= {f.split(":", 1)[1].split(" ", 1)[1] for f in found}, found
+
+
+def test_a_key_written_twice_in_one_object_is_an_error():
+    text = '{"name": "dup", "train": {"lr": 0.1, "max_steps": 2, "lr": 0.2}}'
+    with pytest.raises(RunConfigError, match=r"lr: appears twice"):
+        parse_run_config(text)
+    for path in sorted(Path(__file__).resolve().parents[1].joinpath("configs").rglob("*.json")):
+        json.loads(path.read_text(), object_pairs_hook=lambda kv, p=path: _unique(kv, p))
+
+
+def _unique(pairs, path):
+    keys = [k for k, _ in pairs]
+    assert len(keys) == len(set(keys)), f"{path}: duplicate keys {sorted({k for k in keys if keys.count(k) > 1})}"
+    return dict(pairs)

@@ -183,6 +183,7 @@ def test_mean_reward_rises_after_warm_start(tiny_policy):
     cfg = TrainConfig(
         policy="tiny:0.5m", group_size=8, prompts_per_step=8, micro_batch_rollouts=32, max_response_length=16,
         lr=3e-3, weight_decay=0.0, kl_coef=0.0, seed=0, ptd=PTDConfig(enabled=False),
+        prompt_template="answer_tags",  # the format the warm start teaches (sft.format_target)
     ).resolved()
     trainer = Trainer(cfg, model, processor, items)
     rewards = [trainer.train_step().metrics["reward"] for _ in range(24)]

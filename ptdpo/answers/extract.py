@@ -12,6 +12,10 @@
 
 Trailing chat special tokens (``<|im_end|>``, ``<|endoftext|>``...) are stripped first, and only the last
 ``MAX_TEXT_CHARS`` of a longer output are searched. Nothing here raises on model output.
+
+:func:`extract_boxed` is the strict rule of the paper's ``boxed`` prompt (EasyR1's and PAPO-Eval's
+accuracy, ``mathruler``'s ``extract_boxed_content``): the content of the LAST ``\\boxed{`` in the text,
+wherever it is (inside the think block too), or nothing when that box is not closed; no other rule.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 from ptdpo.answers.normalize import as_text
 
 __all__ = ["MAX_BARE_CHARS", "MAX_TEXT_CHARS", "SPECIAL_TOKENS", "clean_answer", "extract", "extract_answer",
-           "strip_special_tokens"]
+           "extract_boxed", "strip_special_tokens"]
 
 MAX_TEXT_CHARS = 200_000  # longer outputs: only the tail is searched for an answer
 MAX_BARE_CHARS = 64  # rule 4: a bare answer is one line at most this long
@@ -173,3 +177,25 @@ def extract(text: Any, allow_bare: bool = True) -> tuple[str | None, str]:
             if ans is not None:
                 return ans, "bare"
     return None, "none"
+
+
+_BOX_OPEN = "\\boxed{"
+
+
+def extract_boxed(text: Any) -> tuple[str | None, str]:
+    """(answer, how) by the paper's rule: the last ``\\boxed{...}`` of the output (how = ``boxed``), or
+    (None, ``unclosed_box``) when the last box never closes, or (None, ``none``) without a box. An earlier
+    complete box does not stand in for an unclosed last one (as in EasyR1 / PAPO-Eval); escaped braces
+    ``\\{ \\}`` inside the box are literals."""
+    t = strip_special_tokens(as_text(text))
+    if len(t) > MAX_TEXT_CHARS:
+        t = t[-MAX_TEXT_CHARS:]
+    start = t.rfind(_BOX_OPEN)
+    if start < 0:
+        return None, "none"
+    open_brace = start + len(_BOX_OPEN) - 1
+    close = _matching_braces(t[open_brace:]).get(0)
+    if close is None:
+        return None, "unclosed_box"
+    ans = clean_answer(t[open_brace + 1 : open_brace + close])
+    return (ans, "boxed") if ans is not None else (None, "empty_box")

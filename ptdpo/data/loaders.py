@@ -22,9 +22,13 @@ written as a string, or to a list of columns (``["A", "B", "C", "D"]``, empty on
 Without an ``id`` column the id is ``<id_prefix><row index>`` (default prefix ``<source>-<split>-``).
 ``meta_columns`` copies further columns into ``meta``.
 
-**Images** may be bytes, a path (relative to the data file's folder, or absolute), a base64 string
-(plain or ``data:image/...;base64,``), a Hugging Face Image-feature dict ``{"bytes", "path"}`` or a
-PIL image (stored as PNG bytes). Paths stay paths unless ``embed_images`` is set.
+**Images** may be bytes, a path (relative to ``image_root`` if set, else to the data file's folder, or
+absolute), a base64 string (plain or ``data:image/...;base64,``), a Hugging Face Image-feature dict
+``{"bytes", "path"}`` or a PIL image (stored as PNG bytes). Paths stay paths unless ``embed_images`` is
+set. ``images_archive`` (a zip or tar: a local file, or a file of the ``hf`` spec's hub repo) is
+unpacked into ``image_root`` once before the rows are read (:mod:`ptdpo.data.archives`).
+``strip_image_tokens`` removes ``<image>`` placeholders from questions (:mod:`ptdpo.data.text`): images
+reach the chat as image parts. ``hub`` records a public set's provenance and is not read.
 
 **Answers.** Numbers become strings (``3.0`` becomes ``"3"``). For multiple-choice rows
 ``answer_format`` says how the answer is given: ``auto`` (a letter, or exactly one option's text),
@@ -49,6 +53,7 @@ from typing import Any
 
 from ptdpo.answers.choices import ANSWER_FORMATS, gold_choice, option_hits
 from ptdpo.answers.words import CHOICE_LETTERS
+from ptdpo.data.archives import prepare_image_root
 from ptdpo.data.schema import (
     Item,
     ItemError,
@@ -58,6 +63,7 @@ from ptdpo.data.schema import (
 )
 from ptdpo.data.sources import image_ref, read_rows
 from ptdpo.data.spec import FORMATS, ITEM_FIELDS, DatasetSpec, SpecError
+from ptdpo.data.text import strip_image_tokens
 from ptdpo.data.writers import manifest, save_items_jsonl, save_items_parquet
 
 __all__ = [
@@ -175,6 +181,8 @@ class _RowConverter:
                 return None
 
         question = req("question")
+        if question is not None and self.spec.strip_image_tokens:
+            question = strip_image_tokens(question)
         answer = req("answer")
         # choices
         choices = None
@@ -284,7 +292,10 @@ def load_items(spec: dict[str, Any] | DatasetSpec, base_dir: str | Path | None =
         raise_problems(problems)
         return items
 
+    image_root = prepare_image_root(spec, base)  # unpacks images_archive there first, once
     rows, img_base, default_source = read_rows(spec, base)
+    if image_root is not None:
+        img_base = image_root
     source = spec.source or default_source
     split = spec.split or "train"
     id_prefix = spec.id_prefix if spec.id_prefix is not None else (

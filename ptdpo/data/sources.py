@@ -71,7 +71,8 @@ def image_ref(v: Any, base: Path | None, embed: bool, item_id: str | None, fname
             exists = False
         if not exists:
             shown = s if len(s) <= 80 else s[:77] + "..."
-            raise ItemError(item_id, fname, f"image file not found: {shown} (looked at {str(p)[:120]})", where)
+            looked = str(p) if len(str(p)) <= 300 else "..." + str(p)[-297:]  # the end names the file
+            raise ItemError(item_id, fname, f"image file not found: {shown} (looked at {looked})", where)
         return p.read_bytes() if embed else str(p.resolve())
     try:
         from PIL import Image
@@ -149,6 +150,13 @@ def _resolve(p: str, base_dir: Path | None) -> Path:
     return q if q.is_absolute() or base_dir is None else base_dir / q
 
 
+def is_hub_id(path: str | None, base_dir: Path | None = None) -> bool:
+    """``owner/name`` that is not a local file or folder (relative to ``base_dir`` or the working folder)."""
+    if not path or path.count("/") != 1 or path.startswith((".", "/", "~")):
+        return False
+    return not _resolve(path, base_dir).exists() and not Path(path).expanduser().exists()
+
+
 def _local_data_files(data_files: Any, base_dir: Path | None) -> Any:
     if data_files is None or base_dir is None:
         return data_files
@@ -206,7 +214,9 @@ def read_rows(spec: DatasetSpec, base_dir: Path | None) -> tuple[Iterable[tuple[
     local = _resolve(path, base_dir)
     if base_dir is not None and local.exists():
         path = str(local)
-    data_files = _local_data_files(spec.data_files, base_dir)
+    hub = is_hub_id(spec.path, base_dir)
+    # data_files of a hub dataset are paths inside its repo, not local files
+    data_files = spec.data_files if hub else _local_data_files(spec.data_files, base_dir)
     kwargs: dict[str, Any] = {}
     if spec.cache_dir:
         kwargs["cache_dir"] = str(_resolve(spec.cache_dir, base_dir))
@@ -220,7 +230,7 @@ def read_rows(spec: DatasetSpec, base_dir: Path | None) -> tuple[Iterable[tuple[
         label += f"/{spec.name}"
     ds = _pick_split(dd, spec.split, label)
     first = _first_file(data_files)
-    if first and "://" not in first:
+    if first and "://" not in first and not hub:
         img_base = Path(first).parent
         default_source = Path(first).stem
     else:

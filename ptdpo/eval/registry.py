@@ -37,9 +37,10 @@ from typing import Any
 from ptdpo.answers.choices import gold_choice
 from ptdpo.answers.words import CHOICE_LETTERS
 from ptdpo.data.schema import Item
+from ptdpo.data.text import strip_image_tokens
 
 ANSWER_TYPES = ("auto", "number", "expression", "choice", "text")
-TRANSFORMS = ("strip_image_tokens", "options_from_text", "answer_from_tags")
+TRANSFORMS = ("strip_image_tokens", "options_from_text", "answer_from_tags", "question_from")
 
 
 class BenchmarkError(ValueError):
@@ -61,7 +62,11 @@ class BenchmarkSpec:
       added to ``meta_columns``). ``limit`` applies after filtering.
     - ``transforms``: ``strip_image_tokens`` (drop ``<image>`` / ``<image 3>`` placeholders from the
       question), ``options_from_text:<meta key>`` (parse ``"A. 1; B. 2"`` into ``choices``),
-      ``answer_from_tags`` (``"<answer> 3 </answer>"`` -> ``"3"``).
+      ``answer_from_tags`` (``"<answer> 3 </answer>"`` -> ``"3"``), ``question_from:<meta key>`` (the
+      question is that meta column: MathVerse's bare ``question``, not its ``query_cot`` whose answer
+      instruction conflicts with the prompt template's).
+    - ``blank_question``: the question text of rows whose question is blank after the transforms
+      (MathVerse's Vision Only rows carry their question only in the image).
     - ``metric``: the headline metric (``accuracy``; with k samples per item it is avg@k).
     - ``hub``: provenance of a public dataset id and its columns (``verified`` is False unless checked
       against the live hub).
@@ -78,6 +83,7 @@ class BenchmarkSpec:
     limit: int | None = None
     description: str = ""
     hub: dict[str, Any] = field(default_factory=dict)
+    blank_question: str = ""
 
     def __post_init__(self) -> None:
         self.check()
@@ -102,6 +108,11 @@ class BenchmarkSpec:
             raise BenchmarkError(f"benchmark {self.name!r}: limit must be a non-negative int")
         if not isinstance(self.filters, Mapping):
             raise BenchmarkError(f"benchmark {self.name!r}: filters must be a dict")
+        for t in self.transforms:
+            kind, _, arg = t.partition(":")
+            if kind == "question_from" and (not arg or arg not in (self.dataset.get("meta_columns") or [])):
+                raise BenchmarkError(f"benchmark {self.name!r}: transform {t!r} needs a meta column of "
+                                     "dataset.meta_columns after the colon")
 
     # ------------------------------------------------------------------ (de)serialisation
 
@@ -165,7 +176,6 @@ def _keep(item: Item, filters: Mapping[str, Any]) -> bool:
     return True
 
 
-_IMAGE_TOKEN_RE = re.compile(r"<image(?:\s*_?\s*(\d+))?>", re.IGNORECASE)
 _OPTION_SPLIT_RE = re.compile(r"(?:^|[;\n]|\s)\s*\(?([A-Z])[.):]\s*")
 
 
@@ -187,12 +197,11 @@ def parse_lettered_options(text: str) -> list[str] | None:
     return out if len(set(out)) == len(out) else None
 
 
-def _transform(item: Item, transforms: Iterable[str]) -> Item:
+def _transform(item: Item, transforms: Iterable[str], blank_question: str = "") -> Item:
     for t in transforms:
         kind, _, arg = t.partition(":")
         if kind == "strip_image_tokens":
-            q = _IMAGE_TOKEN_RE.sub(lambda m: f"(image {m.group(1)})" if m.group(1) else "", item.question)
-            item.question = re.sub(r"[ \t]{2,}", " ", q).strip() or item.question
+            item.question = strip_image_tokens(item.question)
         elif kind == "options_from_text":
             raw = item.meta.get(arg or "option") if isinstance(item.meta, dict) else None
             opts = parse_lettered_options(raw) if isinstance(raw, str) else None
@@ -205,6 +214,11 @@ def _transform(item: Item, transforms: Iterable[str]) -> Item:
             m = re.search(r"<answer>(.*?)</answer>", item.answer, re.DOTALL | re.IGNORECASE)
             if m and m.group(1).strip():
                 item.answer = m.group(1).strip()
+        elif kind == "question_from":
+            value = item.meta.get(arg) if isinstance(item.meta, dict) else None
+            item.question = value.strip() if isinstance(value, str) else ""
+    if not item.question.strip() and blank_question:
+        item.question = blank_question
     return item
 
 
@@ -255,7 +269,7 @@ def load_benchmark(
     items = load_items(spec.loader_spec(), base_dir=base_dir)
     if spec.filters:
         items = [it for it in items if _keep(it, spec.filters)]
-    items = [_transform(it, spec.transforms) for it in items]
+    items = [_transform(it, spec.transforms, spec.blank_question) for it in items]
     if spec.limit is not None:
         items = items[: spec.limit]
     for it in items:
@@ -355,13 +369,15 @@ def load_catalogue(path: str | Path = CATALOGUE_PATH) -> list[BenchmarkSpec]:
 for _spec in load_catalogue():
     register(_spec)
 
-#: The paper's evaluation suite (METHOD.md section 5, the PAPO suite).
+#: The paper's evaluation suite (METHOD.md section 5): PAPO's, as its data notes and evaluation scripts define
+#: it (benchmarks.json records the evidence for each entry).
 PAPER_SUITE = (
     "geometry3k",
     "mathvista",
-    "mathverse_vision_only",
+    "mathverse",
     "mmmu_pro_vision",
     "logicvista",
-    "superclevr_count",
+    "clevr_count",
     "wemath",
+    "mmk12",
 )

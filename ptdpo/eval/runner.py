@@ -62,6 +62,7 @@ def score_samples(
         think_prefilled=bool(cfg.think_prefilled),
         accuracy_weight=cfg.accuracy_weight,
         format_weight=cfg.format_weight,
+        template=cfg.prompt_template,
     )
     rows = []
     for (i, j), r in zip(where, scores):

@@ -111,7 +111,8 @@ def render_context(
 
 
 def student_messages(item: Item, **build_kwargs: Any) -> list[dict[str, Any]]:
-    """The answer-free prompt x (what rollouts are sampled from)."""
+    """The answer-free prompt x (what rollouts are sampled from); ``build_kwargs`` as for
+    :func:`teacher_messages` (``template``: the run's prompt template)."""
     return build_messages(item, **build_kwargs)
 
 
@@ -124,7 +125,7 @@ def teacher_messages(
 ) -> list[dict[str, Any]]:
     """The privileged prompt x^h: the student's messages with the rendered block after the question.
 
-    ``build_kwargs`` (system prompt, format instruction) are passed to ``build_messages`` exactly as for
-    the student: pass the same ones to both."""
+    ``build_kwargs`` (``template``, the run's prompt template; system prompt, format instruction) are
+    passed to ``build_messages`` exactly as for the student: pass the same ones to both."""
     block = render_context(item, hint, context, box_style)
     return build_messages(item, context_block=block, **build_kwargs)

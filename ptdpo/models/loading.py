@@ -25,6 +25,7 @@ import torch
 from ptdpo.models.processor import Qwen3VLImageProcessor, set_pixel_limits
 
 POLICY_META_FILE = "ptdpo_policy.json"
+VIDEO_CONFIG_FILE = "video_preprocessor_config.json"
 
 
 class PolicyLoadError(RuntimeError):
@@ -145,6 +146,32 @@ def load_policy(
     return model, processor
 
 
+def load_policy_processor(spec: str, min_pixels: int | None = None, max_pixels: int | None = None):
+    """The processor ``load_policy(spec, min_pixels=..., max_pixels=...)`` returns, without loading any
+    weights (for work that only tokenizes, such as counting prompt lengths when the data is prepared)."""
+    if spec.startswith("tiny:"):
+        from ptdpo.models.processor import build_processor
+        from ptdpo.models.tiny import TINY_SIZES
+
+        size, _ = parse_tiny_spec(spec)
+        if size not in TINY_SIZES:
+            raise PolicyLoadError(f"unknown tiny size in {spec!r}; known: {sorted(TINY_SIZES)}")
+        return build_processor(min_pixels=min_pixels, max_pixels=max_pixels)
+    if _is_local(spec):
+        source = os.path.expanduser(spec)
+    elif _looks_like_path(spec):
+        raise PolicyLoadError(f"policy directory {spec!r} does not exist")
+    else:
+        source = spec
+    try:
+        processor = load_processor(source)
+    except OSError as e:
+        raise PolicyLoadError(f"cannot load the processor of policy {spec!r}: {e}") from e
+    if min_pixels is not None or max_pixels is not None:
+        set_pixel_limits(processor, min_pixels, max_pixels)
+    return processor
+
+
 def _load_model(source: str, dtype=None, attn_implementation: str | None = None):
     from transformers import AutoModelForImageTextToText
 
@@ -165,11 +192,16 @@ def _load_model(source: str, dtype=None, attn_implementation: str | None = None)
 
 def save_policy(model, processor, path: str | Path, metadata: dict | None = None) -> Path:
     """Save model (safetensors), generation config and processor to ``path`` (created), plus a small
-    ``ptdpo_policy.json`` (weights fingerprint + ``metadata``). ``load_policy(path)`` reloads it."""
+    ``ptdpo_policy.json`` (weights fingerprint + ``metadata``). ``load_policy(path)`` reloads it, and so
+    does vLLM: a processor without a video part gets the ``video_preprocessor_config.json`` vLLM's
+    Qwen3-VL processor needs (:func:`video_processor_config`)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     processor.save_pretrained(path)
+    video = path / VIDEO_CONFIG_FILE
+    if getattr(processor, "video_processor", None) is None and not video.exists():
+        video.write_text(json.dumps(video_processor_config(processor.image_processor), indent=2) + "\n")
     meta = {
         "fingerprint": policy_fingerprint(model),
         "model_class": type(model).__name__,
@@ -178,6 +210,22 @@ def save_policy(model, processor, path: str | Path, metadata: dict | None = None
     }
     (path / POLICY_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def video_processor_config(image_processor) -> dict:
+    """A Qwen3-VL video processor config with the image processor's own resize limits, patching and
+    normalisation (vLLM builds the stock processor, video part included, from a model folder). Plain
+    JSON: writing it needs no torchvision."""
+    size = dict(image_processor.size)
+    return {
+        "size": {"longest_edge": int(size["longest_edge"]), "shortest_edge": int(size["shortest_edge"])},
+        "patch_size": int(image_processor.patch_size),
+        "temporal_patch_size": int(image_processor.temporal_patch_size),
+        "merge_size": int(image_processor.merge_size),
+        "image_mean": [float(x) for x in image_processor.image_mean],
+        "image_std": [float(x) for x in image_processor.image_std],
+        "video_processor_type": "Qwen3VLVideoProcessor",
+    }
 
 
 def policy_fingerprint(model, length: int = 16) -> str:

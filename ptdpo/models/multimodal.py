@@ -266,7 +266,8 @@ class Completions:
     lengths: [B] long = mask.sum(1); truncated: [B] bool, hit max_new_tokens without an eos;
     texts: decoded with skip_special_tokens=True (``<think>`` tags are kept: they are not special);
     logits: [B, T, V] raw (unprocessed, not temperature-scaled) next-token logits of each step, only
-    when ``generate_completions(..., output_logits=True)``.
+    when ``generate_completions(..., output_logits=True)``; logprobs: [B, T] raw log pi of each completion
+    token (0 on padding), only with ``output_logprobs=True``.
     """
 
     ids: torch.Tensor
@@ -275,6 +276,7 @@ class Completions:
     truncated: torch.Tensor
     texts: list[str]
     logits: torch.Tensor | None = field(default=None, repr=False)
+    logprobs: torch.Tensor | None = field(default=None, repr=False)
 
 
 def eos_token_ids(model, processor) -> list[int]:
@@ -290,22 +292,6 @@ def eos_token_ids(model, processor) -> list[int]:
 def pad_token_id(processor) -> int:
     tok = processor.tokenizer
     return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None, device: torch.device):
-    """Seed torch's RNG for the block and restore the global RNG state afterwards (no-op for None)."""
-    if seed is None:
-        yield
-        return
-    devices = (
-        [device.index if device.index is not None else torch.cuda.current_device()]
-        if device.type == "cuda"
-        else []
-    )
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 @contextlib.contextmanager
@@ -353,33 +339,46 @@ def generate_completions(
     seed: int | None = None,
     suppress_token_ids: Sequence[int] | None = None,
     output_logits: bool = False,
+    row_seeds: Sequence[int] | None = None,
+    output_logprobs: bool = False,
 ) -> Completions:
-    """Sample one completion per prompt row with ``model.generate`` (transformers backend).
+    """One completion per prompt row, in one batched ``model.generate`` call (KV cache).
 
     The sampling distribution is exactly softmax(logits / temperature) restricted by ``top_p``: the
     model's own generation config (real checkpoints ship top_k=20, top_p=0.8, ...) and transformers'
     global defaults (top_k=50) are NOT applied. The vision special tokens (``<|image_pad|>``,
     ``<|vision_start|>``, ...) and any ``suppress_token_ids`` get probability 0.
 
-    Determinism: with ``seed`` the torch RNG is seeded inside ``torch.random.fork_rng``, so the same seed
-    gives the same completions and the caller's global RNG state is unchanged; with ``seed=None`` the
-    global RNG is used (and advanced).
+    Every row draws from its own random stream (``ptdpo.models.sampling.RowSampler``), seeded with
+    ``row_seeds[r]``, or with ``mix_seed(seed, r)`` when only ``seed`` is given, or from seeds drawn
+    from the global RNG (which advances) when neither is; with a seed the global RNG is untouched. A
+    row's completion depends on its prompt, its seed and the model only, not on the other rows.
+    ``output_logprobs``: ``Completions.logprobs``, the raw log pi of each completion token.
     """
     from transformers import GenerationConfig
+
+    from ptdpo.models.sampling import RowSampler, mix_seed
 
     device = model_device(model)
     eos = eos_token_ids(model, processor)
     pad = pad_token_id(processor)
     suppress = sorted(set(vision_special_token_ids(processor.tokenizer)) | set(suppress_token_ids or []))
+    B = batch["input_ids"].shape[0]
+    seeds = None
+    if do_sample:
+        if row_seeds is not None:
+            seeds = [int(s) for s in row_seeds]
+            if len(seeds) != B:
+                raise ValueError(f"{len(seeds)} row seeds for {B} prompt rows")
+        elif seed is not None:
+            seeds = [mix_seed(seed, r) for r in range(B)]
+        else:
+            seeds = torch.randint(0, 2**62, (B,)).tolist()
+    sampler = RowSampler(seeds, max_new_tokens, temperature, top_p, suppress, record_logprobs=output_logprobs)
+    # Greedy decoding picks the one token the RowSampler leaves: the sampler is the only processor.
     gen_config = GenerationConfig(
         max_new_tokens=int(max_new_tokens),
-        do_sample=bool(do_sample),
-        temperature=float(temperature) if do_sample else None,
-        top_p=float(top_p) if do_sample else None,
-        top_k=0 if do_sample else None,
-        min_p=None,
-        repetition_penalty=1.0,
-        suppress_tokens=suppress or None,
+        do_sample=False,
         eos_token_id=eos,
         pad_token_id=pad,
         bos_token_id=None,
@@ -397,8 +396,9 @@ def generate_completions(
     # clean one so a checkpoint's sampling defaults cannot leak into the rollout distribution.
     gm.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad, bos_token_id=None)
     try:
-        with _seeded(seed, device), _fsdp_root_unsharded(gm):
-            out = gm.generate(**inputs, generation_config=gen_config, synced_gpus=_is_sharded_multi_rank(gm))
+        with _fsdp_root_unsharded(gm):
+            out = gm.generate(**inputs, generation_config=gen_config, logits_processor=[sampler],
+                              synced_gpus=_is_sharded_multi_rank(gm))
     finally:
         gm.generation_config = saved
     ids, mask, lengths, truncated = trim_completions(out.sequences[:, prompt_len:], eos, pad)
@@ -408,7 +408,11 @@ def generate_completions(
     logits = None
     if output_logits:
         logits = torch.stack(out.logits, dim=1)[:, : ids.shape[1]]
-    return Completions(ids=ids, mask=mask, lengths=lengths, truncated=truncated, texts=texts, logits=logits)
+    logprobs = None
+    if output_logprobs:
+        logprobs = sampler.logprobs()[:, : ids.shape[1]].to(ids.device) * mask
+    return Completions(ids=ids, mask=mask, lengths=lengths, truncated=truncated, texts=texts, logits=logits,
+                       logprobs=logprobs)
 
 
 def trim_completions(

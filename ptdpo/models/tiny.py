@@ -10,7 +10,9 @@ Checked constraints (DESIGN.md section 5):
   layers than text layers (extra ones would be ignored silently);
 - ``vocab_size == len(tokenizer)`` and the config's image/video/vision_start/vision_end/pad/eos ids are the
   tokenizer's (checked after building);
-- the vision ``out_hidden_size`` is the text hidden size; vision head_dim is a multiple of 4 (axial rope).
+- the vision ``out_hidden_size`` is the text hidden size; vision head_dim is a multiple of 4 (axial rope);
+- the text head_dim is at least 32, the smallest vLLM's CPU attention serves, so every size also runs
+  in the vLLM engine.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from ptdpo.models.processor import (
     build_processor,
 )
 from ptdpo.models.tokenizer import build_tokenizer, special_token_ids
+
+MIN_VLLM_HEAD_DIM = 32
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class TinySpec:
 
 
 TINY_SIZES: dict[str, TinySpec] = {
-    "0.5m": TinySpec(64, 2, 4, 2, 16, 128, 2, 32, 2, 64, (0,), nominal_params=500_000),
+    "0.5m": TinySpec(64, 2, 2, 1, 32, 128, 2, 32, 2, 64, (0,), nominal_params=500_000),
     "1m": TinySpec(128, 2, 4, 2, 32, 256, 2, 32, 2, 64, (0,), nominal_params=1_000_000),
     "10m": TinySpec(256, 8, 4, 2, 64, 896, 4, 128, 4, 256, (1, 2), nominal_params=10_000_000),
     "50m": TinySpec(640, 8, 10, 2, 64, 2048, 6, 192, 4, 384, (1, 3, 5), nominal_params=50_000_000),
@@ -84,6 +88,8 @@ def tiny_config(size: str = "0.5m", tokenizer=None):
         )
     if len(spec.deepstack_visual_indexes) > spec.num_hidden_layers:
         raise ValueError("more deepstack layers than text layers")
+    if spec.head_dim < MIN_VLLM_HEAD_DIM:
+        raise ValueError(f"head_dim {spec.head_dim} is below {MIN_VLLM_HEAD_DIM}, which vLLM's CPU attention needs")
     vision_head_dim = spec.vision_hidden_size // spec.vision_num_heads
     if vision_head_dim % 4 or spec.vision_hidden_size % spec.vision_num_heads:
         raise ValueError(f"vision head_dim {vision_head_dim} must be a multiple of 4")

@@ -3,10 +3,11 @@ policy losses, the PTD mask and the total PTD-PO loss. All pure functions over t
 
 from ptdpo.objectives.chunked import DEFAULT_CHUNK_SIZE, chunked_token_logprobs, chunked_topk_jsd_loss
 from ptdpo.objectives.divergence import DIVERGENCES, SUPPORTS, full_jsd_loss, topk_jsd_loss
-from ptdpo.objectives.loss import LossCounts, ptdpo_loss
+from ptdpo.objectives.loss import KL_NORMALIZERS, LossCounts, ptdpo_loss
 from ptdpo.objectives.policy import (
     ADVANTAGE_ESTIMATORS,
     CLIP_PRESETS,
+    KL_DIRECTIONS,
     KL_ESTIMATORS,
     LOSS_AGG_MODES,
     POLICY_LOSSES,
@@ -35,7 +36,9 @@ __all__ = [
     "CLIP_PRESETS",
     "DEFAULT_CHUNK_SIZE",
     "DIVERGENCES",
+    "KL_DIRECTIONS",
     "KL_ESTIMATORS",
+    "KL_NORMALIZERS",
     "LOSS_AGG_MODES",
     "LossCounts",
     "POLICY_LOSSES",

@@ -5,8 +5,12 @@
     L_RL   = the policy loss (PPO clip for GRPO / DAPO, GSPO's sequence ratio) of the policy-gradient
              tokens, reduced by ``aggregate_loss`` with the step's global normaliser: N_pg_tok for
              ``token-mean``, N_pg_seq for the ``seq-*`` modes;
-    KL_ref = (1 / N_kl) sum_{(i,t) in KL} k(log pi(o_it), log pi_ref(o_it)), k the k1/k2/k3 estimator,
-             KL the policy-gradient tokens of rollouts whose reference KL is on;
+    KL_ref = the per-token KL k(o_it) (the k1/k2/k3 estimator, ``kl_direction``), set to 0 outside KL (the
+             policy-gradient tokens of rollouts whose reference KL is on), then
+             ``kl_normalizer="all_tokens"`` (the released form): aggregated like L_RL over ALL the
+             policy-gradient tokens (token-mean: (1 / N_pg_tok) sum_{(i,t) in KL} k_it), so a group whose
+             KL PTD switches off counts as zero KL rather than shrinking the denominator;
+             ``"kl_tokens"``: (1 / N_kl) sum_{(i,t) in KL} k_it, the mean over the tokens with KL on;
     L_PTD  = (1 / N_ptd) sum_{(i,t) in PTD} D_t, D_t the Top-K divergence of PTD token t (computed
              from hidden states by ``chunked_topk_jsd_loss``).
 
@@ -23,9 +27,17 @@ from dataclasses import dataclass
 
 import torch
 
-from ptdpo.objectives.policy import _at_least_one, get_policy_loss_fn, kl_penalty, reduce_ptd_loss
+from ptdpo.config import ALGO_DEFAULTS, DUAL_CLIP_C
+from ptdpo.objectives.policy import (
+    _at_least_one,
+    aggregate_loss,
+    get_policy_loss_fn,
+    kl_penalty,
+    reduce_ptd_loss,
+)
 
 PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+KL_NORMALIZERS = ("all_tokens", "kl_tokens")
 
 
 @dataclass(frozen=True)
@@ -61,9 +73,12 @@ def ptdpo_loss(
     kl_coef: float = 0.0,
     lambda_ptd: float = 0.0,
     kl_estimator: str = "k3",
+    kl_direction: str = "forward",
+    kl_normalizer: str = "all_tokens",
     policy_loss: str | PolicyLossFn = "ppo",
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
+    clip_low: float = ALGO_DEFAULTS["grpo"]["clip_low"],
+    clip_high: float = ALGO_DEFAULTS["grpo"]["clip_high"],
+    dual_clip_c: float | None = DUAL_CLIP_C,
     loss_agg_mode: str = "token-mean",
     max_response_len: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -79,12 +94,16 @@ def ptdpo_loss(
     ``ref_log_prob``, no KL (pass it only when the run has the KL term: kl_coef > 0); no
     ``ptd_divergence``, no L_PTD. With no term the loss is a constant 0.
 
-    ``policy_loss`` is a registered name (``get_policy_loss_fn``) or the function itself.
+    ``policy_loss`` is a registered name (``get_policy_loss_fn``) or the function itself. The defaults of
+    the options are the paper's (EasyR1 clip 0.2 / 0.3, dual clip 3, forward k3 over all tokens); a run
+    passes its own with ``**TrainConfig.loss_options()``.
 
     Returns (loss, parts); parts are detached 0-dim tensors: ``pg_loss``, ``kl_ref``, ``ptd_loss``
     (each term's share, unweighted), ``kl_ref_sum`` and ``ptd_loss_sum`` (token sums, for exact
     means after summing over micro-batches and ranks), and the policy loss's statistics.
     """
+    if kl_normalizer not in KL_NORMALIZERS:
+        raise ValueError(f"ptdpo_loss: kl_normalizer must be one of {KL_NORMALIZERS}, got {kl_normalizer!r}")
     pieces: list[torch.Tensor] = []
     parts: dict[str, torch.Tensor] = {}
     if log_prob is not None:
@@ -93,7 +112,7 @@ def ptdpo_loss(
         fn = get_policy_loss_fn(policy_loss) if isinstance(policy_loss, str) else policy_loss
         pg, stats = fn(
             log_prob, old_log_prob, advantages, pg_mask,
-            clip_low=clip_low, clip_high=clip_high, loss_agg_mode=loss_agg_mode,
+            clip_low=clip_low, clip_high=clip_high, dual_clip_c=dual_clip_c, loss_agg_mode=loss_agg_mode,
             global_normalizer=counts.pg_normalizer(loss_agg_mode), max_response_len=max_response_len,
         )
         pieces.append(pg)
@@ -102,13 +121,18 @@ def ptdpo_loss(
         if ref_log_prob is not None:
             if kl_mask is None:
                 raise ValueError("ptdpo_loss: ref_log_prob needs kl_mask (the tokens with the reference KL on)")
-            kl_tok = kl_penalty(log_prob, ref_log_prob, kl_estimator)
+            kl_tok = kl_penalty(log_prob, ref_log_prob, kl_estimator, kl_direction)
             # where, not a product: positions outside the mask must not leak inf/NaN into the sum
-            kl_sum = torch.where(kl_mask.bool(), kl_tok, torch.zeros_like(kl_tok)).sum()
-            denom = _at_least_one(counts.kl_tokens, kl_sum)
-            pieces.append(kl_coef * kl_sum / denom)
+            kl_on = torch.where(kl_mask.bool(), kl_tok, torch.zeros_like(kl_tok))
+            kl_sum = kl_on.sum()
+            if kl_normalizer == "all_tokens":
+                kl_share = aggregate_loss(kl_on, pg_mask, loss_agg_mode, counts.pg_normalizer(loss_agg_mode),
+                                          max_response_len)
+            else:
+                kl_share = kl_sum / _at_least_one(counts.kl_tokens, kl_sum)
+            pieces.append(kl_coef * kl_share)
             parts["kl_ref_sum"] = kl_sum.detach()
-            parts["kl_ref"] = (kl_sum / denom).detach()
+            parts["kl_ref"] = kl_share.detach()
     elif ref_log_prob is not None:
         raise ValueError("ptdpo_loss: the reference KL needs log_prob (the policy's log-probs)")
     if ptd_divergence is not None:

@@ -216,6 +216,20 @@ def _token_advantages(advantages: torch.Tensor, response_mask: torch.Tensor) -> 
 # ---------------------------------------------------------------------------- policy losses
 
 
+def _check_dual_clip(dual_clip_c: float | None) -> None:
+    if dual_clip_c is not None and dual_clip_c <= 1.0:
+        raise ValueError(f"dual_clip_c must be > 1, got {dual_clip_c}")
+
+
+def _dual_clip(per_token: torch.Tensor, advantages: torch.Tensor, dual_clip_c: float | None) -> torch.Tensor:
+    """Dual-clip PPO: where A < 0 the loss is at most -A * c (a huge ratio cannot blow a bad token's
+    push-down up without bound); None leaves the loss as it is."""
+    if dual_clip_c is None:
+        return per_token
+    return torch.where(advantages < 0, torch.minimum(per_token, -advantages * dual_clip_c), per_token)
+
+
+
 @register_policy_loss_fn("ppo")
 def ppo_clip_loss(
     log_prob: torch.Tensor,
@@ -242,16 +256,13 @@ def ppo_clip_loss(
     """
     if clip_low < 0 or clip_high < 0:
         raise ValueError(f"clip ranges must be >= 0, got {clip_low}, {clip_high}")
-    if dual_clip_c is not None and dual_clip_c <= 1.0:
-        raise ValueError(f"dual_clip_c must be > 1, got {dual_clip_c}")
+    _check_dual_clip(dual_clip_c)
     advantages = _token_advantages(advantages, response_mask)
     log_ratio = (log_prob - old_log_prob).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = log_ratio.exp()
     loss_unclipped = -advantages * ratio
     loss_clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    per_token = torch.maximum(loss_unclipped, loss_clipped)
-    if dual_clip_c is not None:
-        per_token = torch.where(advantages < 0, torch.minimum(per_token, -advantages * dual_clip_c), per_token)
+    per_token = _dual_clip(torch.maximum(loss_unclipped, loss_clipped), advantages, dual_clip_c)
     loss = aggregate_loss(per_token, response_mask, loss_agg_mode, global_normalizer, max_response_len)
 
     with torch.no_grad():
@@ -281,6 +292,7 @@ def gspo_loss(
     response_mask: torch.Tensor,
     clip_low: float = 3e-4,
     clip_high: float = 4e-4,
+    dual_clip_c: float | None = None,
     loss_agg_mode: str = "seq-mean-token-mean",
     global_normalizer: float | torch.Tensor | None = None,
     max_response_len: int | None = None,
@@ -290,6 +302,7 @@ def gspo_loss(
         s_i   = exp( (1/|o_i|) sum_t (log pi(o_it) - log pi_old(o_it)) )
         s_i,t = sg[s_i] * pi(o_it) / sg[pi(o_it)]     (value s_i for every token)
         l_i,t = max(-A_i,t s_i,t, -A_i,t clip(s_i,t, 1 - clip_low, 1 + clip_high))
+        dual clip (c > 1, only where A_i,t < 0):  l_i,t = min(l_i,t, -A_i,t c)   (as EasyR1 applies it)
     aggregated with seq-mean-token-mean. Since grad s_i,t = s_i grad log pi(o_it), the token
     mean of the gradients is s_i grad mean_t log pi(o_it) = grad s_i: the gradient equals the
     sequence-level objective's, and the token form also allows token-level advantages (GSPO-token).
@@ -300,6 +313,7 @@ def gspo_loss(
     """
     if clip_low < 0 or clip_high < 0:
         raise ValueError(f"clip ranges must be >= 0, got {clip_low}, {clip_high}")
+    _check_dual_clip(dual_clip_c)
     advantages = _token_advantages(advantages, response_mask)
     mask = response_mask.to(log_prob.dtype)
     lengths = mask.sum(-1)
@@ -311,7 +325,9 @@ def gspo_loss(
         - log_prob.detach()
     )
     s = log_s.exp()
-    per_token = torch.maximum(-advantages * s, -advantages * s.clamp(1.0 - clip_low, 1.0 + clip_high))
+    per_token = _dual_clip(
+        torch.maximum(-advantages * s, -advantages * s.clamp(1.0 - clip_low, 1.0 + clip_high)), advantages, dual_clip_c
+    )
     loss = aggregate_loss(per_token, response_mask, loss_agg_mode, global_normalizer, max_response_len)
 
     with torch.no_grad():
@@ -359,9 +375,23 @@ def kl_k3(log_prob: torch.Tensor, ref_log_prob: torch.Tensor) -> torch.Tensor:
 
 KL_ESTIMATORS.update({"k1": kl_k1, "k2": kl_k2, "k3": kl_k3})
 
+# Which way round the estimator reads the two log-probs (the released code's kl_direction).
+KL_DIRECTIONS = ("forward", "reverse")
 
-def kl_penalty(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, kind: str = "k3") -> torch.Tensor:
-    """Per-token KL estimate to the reference policy (no reduction)."""
+
+def kl_penalty(
+    log_prob: torch.Tensor, ref_log_prob: torch.Tensor, kind: str = "k3", direction: str = "reverse"
+) -> torch.Tensor:
+    """Per-token KL estimate to the reference policy (no reduction).
+
+    ``reverse``: the estimators above as written (k3 on r = log pi_ref - log pi: Schulman's unbiased
+    estimator of KL(pi || pi_ref) under samples of pi). ``forward``: the two log-probs swapped, as the
+    released PTD-PO scripts set it (``kl_direction=forward_kl``): k3 = exp(r) - r - 1 on
+    r = log pi - log pi_ref, i.e. on the ratio pi / pi_ref."""
+    if direction == "forward":
+        log_prob, ref_log_prob = ref_log_prob, log_prob
+    elif direction != "reverse":
+        raise ValueError(f"KL direction must be one of {KL_DIRECTIONS}, got {direction!r}")
     return get_kl_fn(kind)(log_prob, ref_log_prob)
 
 

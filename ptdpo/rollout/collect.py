@@ -13,14 +13,14 @@ from typing import Any
 from ptdpo import distributed as dist_utils
 from ptdpo.config import TrainConfig
 from ptdpo.data.schema import Item, ItemError, item_images
+from ptdpo.engines.base import GenerationEngine, SamplingConfig
+from ptdpo.engines.prompts import encode_chats
 from ptdpo.hints.schema import Hint
-from ptdpo.models.multimodal import encode_prompts
 from ptdpo.objectives import get_advantage_fn, overlong_reward_penalty
 from ptdpo.prompts import build_messages
 from ptdpo.rewards import score_batch
-from ptdpo.rollout.base import RolloutBackend, SamplingConfig
 from ptdpo.rollout.groups import assign_advantages_and_masks, mark_uniform_groups, trim_groups
-from ptdpo.rollout.records import EncodedPrompt, Rollout, split_prompt_batch
+from ptdpo.rollout.records import EncodedPrompt, Rollout
 from ptdpo.sampler import EpochSampler
 
 RewardFn = Callable[[list[str], list[Item]], list[tuple[float, float]]]
@@ -29,14 +29,12 @@ RewardFn = Callable[[list[str], list[Item]], list[tuple[float, float]]]
 def encode_messages(processor: Any, messages: list[list[dict]], items: Sequence[Item], enable_thinking: bool
                     ) -> list[EncodedPrompt]:
     """One EncodedPrompt per chat, each with its item's images."""
-    images = [item_images(it) for it in items]
-    batch = encode_prompts(processor, messages, images, enable_thinking=enable_thinking)
-    return split_prompt_batch(batch, batch["images_per_sample"], texts=batch["texts"], images=images)
+    return encode_chats(processor, messages, [item_images(it) for it in items], enable_thinking)
 
 
 def encode_student_prompts(processor: Any, items: Sequence[Item], cfg: TrainConfig) -> list[EncodedPrompt]:
     """The answer-free prompts of ``items``; an item over ``train.max_prompt_length`` is an ItemError."""
-    prompts = encode_messages(processor, [build_messages(it) for it in items], items, cfg.enable_thinking)
+    prompts = encode_messages(processor, [build_messages(it, template=cfg.prompt_template) for it in items], items, cfg.enable_thinking)
     for it, p in zip(items, prompts):
         # A multimodal prompt cannot be cut safely (the cut could fall inside the image tokens).
         if p.input_ids.numel() > cfg.max_prompt_length:
@@ -70,7 +68,7 @@ def score_rollouts(rollouts: list[Rollout], items: Sequence[Item], cfg: TrainCon
     else:
         results = score_batch(
             texts, its, max_workers=cfg.reward_workers, timeout_s=cfg.reward_timeout_s,
-            think_prefilled=cfg.think_prefilled or cfg.enable_thinking,
+            think_prefilled=cfg.think_prefilled or cfg.enable_thinking, template=cfg.prompt_template,
         )
         scores = [(res.accuracy, res.format) for res in results]
     for r, (accuracy, fmt) in zip(rollouts, scores):
@@ -95,12 +93,12 @@ class RolloutCollector:
     """Collects the rollouts of one step on this rank. ``sampler`` (the data order) is the trainer's:
     its state is checkpointed with the run."""
 
-    def __init__(self, cfg: TrainConfig, items: list[Item], processor: Any, backend: RolloutBackend,
+    def __init__(self, cfg: TrainConfig, items: list[Item], processor: Any, engine: GenerationEngine,
                  sampler: EpochSampler, hints: dict[str, Hint], reward_fn: RewardFn | None = None):
         self.cfg = cfg
         self.items = items
         self.processor = processor
-        self.backend = backend
+        self.engine = engine
         self.sampler = sampler
         self.hints = hints
         self.reward_fn = reward_fn
@@ -136,15 +134,15 @@ class RolloutCollector:
         return Collected(rollouts, reward_time)
 
     def _sample(self, item_indices: list[int], step: int, first_group: int, rnd: int) -> list[Rollout]:
-        """G rollouts for each item. Each group samples with its own seed, a function of the step,
-        the round and the group's GLOBAL index, so the rollouts are the same whichever rank draws
-        them and however many ranks there are."""
+        """G rollouts for each item, all in one engine call. Each group samples with its own seed, a
+        function of the step, the round and the group's GLOBAL index, and the engine keeps a group's
+        samples independent of the rest of the call, so the rollouts are the same whichever rank draws
+        them, however many ranks there are and however they are batched."""
         cfg = self.cfg
         prompts = encode_student_prompts(self.processor, [self.items[i] for i in item_indices], cfg)
-        groups = [[p] * cfg.group_size for p in prompts]
         seeds = [dist_utils.step_seed(cfg.seed, step, rnd, first_group + k) for k in range(len(prompts))]
         sampling = SamplingConfig(cfg.max_response_length, cfg.temperature, cfg.top_p, True)
-        sampled = self.backend.generate_groups(groups, sampling, seeds)
+        sampled = self.engine.sample(prompts, cfg.group_size, sampling, seeds)
         return [
             Rollout(item_index=item_indices[k], group=first_group + k, prompt=prompts[k],
                     completion=s.completion, truncated=s.truncated, text=s.text)

@@ -32,7 +32,6 @@ from ptdpo.data.schema import Item, item_images
 from ptdpo.data.synthetic import generate_synthetic
 from ptdpo.hints import OracleGenerator, render_context, render_hint, run_generation, to_unstructured
 from ptdpo.hints.schema import Hint
-from ptdpo.models.multimodal import encode_prompts, generate_completions
 from ptdpo.prompts import build_messages
 from ptdpo.rewards import score_batch
 from ptdpo.sft import format_target, sft_warm_start
@@ -97,19 +96,17 @@ def greedy_responses(
     model, processor, items: Sequence[Item], contexts: Sequence[str | None] | None = None,
     max_new_tokens: int = 16, batch_size: int = 32,
 ) -> tuple[list[str], list[float]]:
-    """Greedy responses and their accuracy (0/1) per item, with ``contexts[i]`` as the prompt's context
-    block."""
+    """Greedy responses (the transformers engine, ``batch_size`` rows per pass) and their accuracy (0/1)
+    per item, with ``contexts[i]`` as the prompt's context block."""
+    from ptdpo.engines.hf import TransformersEngine
+
     contexts = list(contexts) if contexts is not None else [None] * len(items)
     model.eval()
-    texts: list[str] = []
-    correct: list[float] = []
-    for i in range(0, len(items), batch_size):
-        chunk = list(items[i : i + batch_size])
-        msgs = [build_messages(it, context_block=c) for it, c in zip(chunk, contexts[i : i + batch_size])]
-        batch = encode_prompts(processor, msgs, [item_images(it) for it in chunk])
-        comp = generate_completions(model, processor, batch, max_new_tokens, do_sample=False)
-        texts += list(comp.texts)
-        correct += [float(r.accuracy) for r in score_batch(comp.texts, chunk, max_workers=1)]
+    engine = TransformersEngine(model, processor, max_batch_rows=batch_size)
+    msgs = [build_messages(it, context_block=c) for it, c in zip(items, contexts)]
+    prompts = engine.encode(msgs, [item_images(it) for it in items])
+    texts = [s.text for s in engine.greedy(prompts, max_new_tokens)]
+    correct = [float(r.accuracy) for r in score_batch(texts, list(items), max_workers=1)]
     return texts, correct
 
 
