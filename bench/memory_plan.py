@@ -187,7 +187,7 @@ def plan(coef: dict[str, float]) -> list[dict]:
         act_other = L * per_layer if train.gradient_checkpointing else ckpt
         ptd_tokens = train.micro_batch_rollouts * train.max_response_length
         per_rank_rollouts = train.prompts_per_step * train.group_size // GPUS
-        vllm = train.vllm.get("gpu_memory_utilization", 0.0) * GPU_GB * GB
+        vllm = (getattr(train.vllm, "gpu_memory_utilization", None) or 0.0) * GPU_GB * GB
         row = {
             "model": name, "params_B": P / 1e9,
             "masters_fp32": 4 * P / GPUS, "grads_fp32": 4 * P / GPUS, "adam_fp32": 8 * P / GPUS,

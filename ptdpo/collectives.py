@@ -4,10 +4,11 @@ A process group maps device types to backends: ``cpu:gloo,cuda:nccl`` (what :fun
 for on GPUs), ``cuda:nccl`` (an NCCL-only group), ``cpu:gloo,cuda:gloo`` (gloo). A collective handed a
 tensor on a device type the group has no backend for fails on the cluster only ("No backend type
 associated with device type cpu"), never in the CPU/gloo tests. So the rule is made explicit: every
-collective of ptdpo goes through :func:`all_reduce` / :func:`broadcast` / :func:`barrier` here, which
+tensor collective of ptdpo goes through :func:`all_reduce` / :func:`broadcast` / :func:`barrier` here, which
 raise :class:`CollectiveDeviceError` before communicating, and the scalar helpers (:func:`all_sum`...)
-build their tensors on :func:`collective_device`. A test keeps ``torch.distributed`` collectives out of
-every other module. (FSDP2's own all-gathers and reduce-scatters run on the parameters' device.)
+build their tensors on :func:`collective_device`. A test keeps ``torch.distributed``'s tensor collectives
+out of every other module (object collectives place their own tensors; FSDP2's all-gathers and
+reduce-scatters run on the parameters' device).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import weakref
 
 import pytest
 import torch
-from test_trainer import _cfg, _hints, _items, _parity_reward
+from test_trainer import _cfg, _hints, _items, _parity_reward, _zero_reward
 
 from ptdpo.rollout.records import Rollout
 from ptdpo.teacher import TeacherStream
@@ -20,7 +20,8 @@ def test_no_teacher_tensor_is_alive_across_the_update(tiny_policy, monkeypatch):
     model, processor = copy.deepcopy(tiny_policy[0]), tiny_policy[1]
     items = _items(4, seed=1)
     cfg = _cfg(ptd={"lambda_ptd": 0.5}, micro_batch_rollouts=3, kl_coef=0.01)
-    trainer = Trainer(cfg, model, processor, items, hints=_hints(items), reward_fn=_parity_reward)
+    # every rollout fails: all get PTD, so every micro-batch is taught
+    trainer = Trainer(cfg, model, processor, items, hints=_hints(items), reward_fn=_zero_reward)
     made: list[weakref.ref] = []
     real = TeacherStream.states
 
