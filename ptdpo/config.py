@@ -194,8 +194,14 @@ class TrainConfig:
     overlong_buffer: NonNegativeInt | None = None  # DAPO: length of the soft-penalty window; 0 disables
     overlong_penalty: NonNegativeFloat = 1.0
     ptd: PTDConfig = field(default_factory=PTDConfig)
+    # Parameters (and the optimizer's weights) are float32 either way; bf16 is the compute dtype.
     precision: Literal["fp32", "bf16"] = "fp32"
     sharding: Literal["none", "fsdp"] = "none"  # data-parallel replicas, or FSDP2 parameter sharding
+    optimizer_foreach: bool | None = None  # None: torch's choice (foreach on CUDA, off on CPU)
+    # sharded: every rank writes its own shard files (DCP) into the checkpoint folder, which all ranks must
+    # see (one node); full: rank 0 gathers and writes everything (any layout, e.g. node-local disks on
+    # several nodes); auto: sharded for FSDP on one node, else full.
+    checkpoint_format: Literal["auto", "sharded", "full"] = "auto"
     gradient_checkpointing: bool = False
     freeze_vision: bool = False
     seed: NonNegativeInt = 0

@@ -5,12 +5,12 @@ One step (:meth:`Trainer.train_step`):
      rewarded; DAPO's dynamic sampling refills; group advantages; the PTD mask (``ptdpo.rollout``);
   2. log-probs of the sampled tokens under the frozen reference (KL term) and the old policy (when
      the batch is used for several optimizer steps);
-  3. teacher forward, no gradient, on PTD rollouts only: the frozen reference (or the old policy)
-     re-scores the same completion tokens with the hint-augmented prompt and the same images;
-  4. update over mini-batches: each micro-batch's share of L = L_RL + kl_coef * KL_ref + lambda_ptd *
-     L_PTD (``ptdpo.objectives.ptdpo_loss``, global counts), gradient accumulation, data-parallel
-     gradient sum, clipping, AdamW;
-  5. the rollout engine takes the new weights; metrics (``ptdpo.metrics``); a checkpoint every
+  3. update over mini-batches: for each micro-batch, the teacher forward (no gradient, its PTD rollouts
+     only: the frozen reference or the old policy re-scores the same completion tokens with the
+     hint-augmented prompt and the same images; ``ptdpo.teacher``), then its share of L = L_RL + kl_coef *
+     KL_ref + lambda_ptd * L_PTD (``ptdpo.objectives.ptdpo_loss``, global counts) and its backward;
+     then the data-parallel gradient sum, clipping and AdamW (float32 master weights, ``ptdpo.optim``);
+  4. the rollout engine takes the new weights; metrics (``ptdpo.metrics``); a checkpoint every
      ``checkpoint_every`` steps.
 """
 
@@ -28,13 +28,13 @@ from typing import Any
 import torch
 
 from ptdpo import distributed as dist_utils
-from ptdpo.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ptdpo.checkpoint import latest_checkpoint, rng_state, set_rng_state
 from ptdpo.config import TrainConfig
 from ptdpo.data.schema import Item
 from ptdpo.engines.base import GenerationEngine
 from ptdpo.hints.render import teacher_messages
 from ptdpo.hints.schema import Hint
-from ptdpo.metrics import OutcomeEntropy, UpdateTotals, mean_over_updates
+from ptdpo.metrics import UpdateTotals, mean_over_updates
 from ptdpo.models.multimodal import completion_hidden_states
 from ptdpo.objectives import (
     LossCounts,
@@ -43,10 +43,13 @@ from ptdpo.objectives import (
     get_policy_loss_fn,
     ptdpo_loss,
 )
+from ptdpo.optim import check_fp32_masters, make_optimizer, make_scheduler
 from ptdpo.rollout.collect import RewardFn, RolloutCollector, encode_messages, encode_student_prompts
 from ptdpo.rollout.groups import minibatches, rollout_stats
 from ptdpo.rollout.records import EncodedPrompt, Rollout, collate_completions, collate_prompts, pad_rows
 from ptdpo.sampler import EpochSampler
+from ptdpo.teacher import TeacherStream
+from ptdpo.train_state import load_train_state, save_train_state
 
 
 class TrainingError(RuntimeError):
@@ -61,21 +64,8 @@ class StepResult:
 
 
 def lm_head_weight(model: torch.nn.Module) -> torch.Tensor:
-    return model.get_output_embeddings().weight
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
-    def factor(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.lr_schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
-        if cfg.lr_schedule == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    """The full LM-head weight (gathered under FSDP: call it right after a forward of ``model``)."""
+    return dist_utils.output_weight(model)
 
 
 class _Laps:
@@ -134,12 +124,9 @@ class Trainer:
             engine = TransformersEngine(policy, processor)
         self.engine = engine
         self.pad_id = processor.tokenizer.pad_token_id
-        self.optimizer = torch.optim.AdamW(
-            [p for p in policy.parameters() if p.requires_grad],
-            lr=cfg.lr,
-            betas=tuple(cfg.adam_betas),
-            weight_decay=cfg.weight_decay,
-        )
+        trainable = [p for p in policy.parameters() if p.requires_grad]
+        check_fp32_masters(trainable, {id(p): n for n, p in policy.named_parameters()})
+        self.optimizer = make_optimizer(trainable, cfg)
         if total_steps is None and cfg.epochs:
             total_steps = math.ceil(cfg.epochs * len(self.items) / cfg.prompts_per_step)
         self.total_steps = total_steps or cfg.max_steps
@@ -159,8 +146,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> StepResult:
-        """One step (module docstring): collect, reference and old log-probs, teacher forward, update,
-        weight sync, metrics, checkpoint."""
+        """One step (module docstring): collect, reference and old log-probs, update (with the teacher
+        streamed into it), weight sync, metrics, checkpoint."""
         laps = _Laps()
         self.engine.wake()
         self.policy.eval()
@@ -169,17 +156,18 @@ class Trainer:
         laps.lap("rollout")
         self._reference_and_old_logprobs(rollouts)  # log pi_ref for the KL term, log pi_old for several updates
         laps.lap("ref")
-        teacher = self._teacher_forward(rollouts)  # the hinted teacher on the PTD rollouts
-        laps.lap("teacher")
         self.policy.train()
-        update = self._update(rollouts)  # optimizer steps on L = L_RL + kl_coef KL_ref + lambda_ptd L_PTD
+        teacher = self._teacher(rollouts)  # the hinted teacher on the PTD rollouts (None: there are none)
+        update = self._update(rollouts, teacher)  # optimizer steps on L = L_RL + kl_coef KL_ref + lambda_ptd L_PTD
         if not update.get("skipped_nonfinite"):
             self.scheduler.step()
         # the next rollouts sample the new weights (a sleeping vLLM engine wakes its weights to load them)
         self.engine.sync_weights(self.policy)
         laps.lap("update")
+        laps.seconds["teacher"] = teacher.seconds if teacher else 0.0
+        laps.seconds["update"] -= laps.seconds["teacher"]
         self.step += 1
-        m = self._step_metrics(rollouts, teacher, update, laps)
+        m = self._step_metrics(rollouts, teacher.metrics() if teacher else {}, update, laps)
         self._stop_after_nonfinite_updates(m)
         self.metrics.append(m)
         result = StepResult(self.step, m, rollouts)
@@ -244,24 +232,31 @@ class Trainer:
         ids, mask = collate_completions([r.completion for r in rollouts], self.pad_id)
         device = next(model.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
-        with self._autocast(device):
+        with self._autocast(model, device):
             hidden = completion_hidden_states(model, prompt_batch, ids, mask)
         return hidden, ids, mask.bool()
 
-    def _autocast(self, device: torch.device):
-        if self.cfg.precision == "bf16":
+    def _autocast(self, model: torch.nn.Module, device: torch.device):
+        """bf16 compute over the float32 weights, unless an FSDP2 bf16 policy already casts them."""
+        if dist_utils.autocast_needed(model, self.cfg.precision):
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def _dummy_pass(self, model: torch.nn.Module, probe: Rollout | None, backward: bool = False) -> None:
+        """One pass on ``probe`` that changes nothing: FSDP lock-step padding."""
+        if probe is None:
+            raise TrainingError("FSDP lock-step padding needs a rollout on every rank; this rank has none")
+        with contextlib.nullcontext() if backward else torch.no_grad():
+            hidden = self._hidden(model, [probe])[0]
+            lm_head_weight(model)  # as a real pass does, so that every rank gathers the same units
+            if backward:
+                (hidden.sum() * 0.0).backward()
 
     def _pad_lockstep(self, model: torch.nn.Module, n_passes: int, probe: Rollout | None, backward: bool = False):
         """FSDP: every rank must run as many forward (and backward) passes through a sharded model as the
         busiest rank, or the ranks that stop early leave the others waiting in an all-gather."""
         for _ in range(dist_utils.lockstep_padding(n_passes, model)):
-            if probe is None:
-                raise TrainingError("FSDP lock-step padding needs a rollout on every rank; this rank has none")
-            hidden = self._hidden(model, [probe])[0]
-            if backward:
-                (hidden.sum() * 0.0).backward()
+            self._dummy_pass(model, probe, backward)
 
     @torch.no_grad()
     def _init_sharded(self) -> None:
@@ -277,60 +272,68 @@ class Trainer:
         probe = Rollout(0, 0, prompt, torch.tensor([self.pad_id]), False, "")
         for model in models:
             self._hidden(model, [probe])
+            dist_utils.release(model)
 
     @torch.no_grad()
     def _score_with(self, model: torch.nn.Module, rollouts: list[Rollout], attr: str, probe: Rollout) -> None:
         """Per-token log-probs of the sampled tokens under ``model`` (old policy or reference)."""
-        weight = lm_head_weight(model)
         chunks = _chunks(rollouts, self.cfg.micro_batch_rollouts)
         self._pad_lockstep(model, len(chunks), probe)
         for chunk in chunks:
             h, ids, m = self._hidden(model, chunk)
+            weight = lm_head_weight(model)  # after the forward: gathered under FSDP
             lp, _ = chunked_token_logprobs(h[m], weight, ids[m], temperature=self.cfg.temperature)
             rows = torch.zeros(ids.shape, dtype=lp.dtype, device=lp.device)
             rows[m] = lp
             for r, row in zip(chunk, rows):
                 setattr(r, attr, row[: r.completion.numel()].clone())
+        dist_utils.release(model)
 
-    def _teacher_prompts(self, items: list[Item]) -> list[EncodedPrompt]:
+    def _teacher_prompts(self, rollouts: list[Rollout]) -> list[EncodedPrompt]:
+        """The teacher's prompts of ``rollouts``: the privileged context, exactly the student's images."""
         ctx = self.cfg.ptd.teacher_context
+        items = [self.items[r.item_index] for r in rollouts]
         messages = [teacher_messages(it, self.hints.get(it.id), context=ctx, template=self.cfg.prompt_template)
                     for it in items]
-        return encode_messages(self.processor, messages, items, self.cfg.enable_thinking)
+        prompts = encode_messages(self.processor, messages, items, self.cfg.enable_thinking)
+        for r, tp in zip(rollouts, prompts):
+            _assert_same_images(r.prompt, tp)
+        return prompts
 
-    @torch.no_grad()
-    def _teacher_forward(self, rollouts: list[Rollout]) -> dict[str, float]:
-        """Teacher hidden states on PTD rollouts: same completion tokens and images, hint prompt."""
+    def _teacher(self, rollouts: list[Rollout]) -> TeacherStream | None:
+        """The step's teacher (``ptdpo.teacher``), or None when no rank has a PTD rollout. The old policy
+        as teacher of a batch used for several optimizer steps is run now and offloaded to the CPU."""
         ptd = [r for r in rollouts if r.ptd]
         if not dist_utils.all_sum(len(ptd)):
-            return {}
-        teacher = self.reference if self.cfg.ptd.teacher == "ref" else self.policy
-        self._teacher_weight = lm_head_weight(teacher).detach().clone()
-        prompts = self._teacher_prompts([self.items[r.item_index] for r in ptd])
-        entropy, nll = OutcomeEntropy(), 0.0
-        chunks = _chunks(list(range(len(ptd))), self.cfg.micro_batch_rollouts)
-        self._pad_lockstep(teacher, len(chunks), rollouts[0])
-        for chunk_idx in chunks:
-            chunk = [ptd[i] for i in chunk_idx]
-            tprompts = [prompts[i] for i in chunk_idx]
-            for r, tp in zip(chunk, tprompts):
-                _assert_same_images(r.prompt, tp)
-            h, ids, m = self._hidden(teacher, chunk, tprompts)
-            lp, ent = chunked_token_logprobs(h[m], self._teacher_weight, ids[m], temperature=self.cfg.temperature)
-            entropy.add(ent, _correct_tokens(chunk, m))
-            nll += float(-lp.sum())
-            for r, row, mrow in zip(chunk, h, m):
-                r.teacher_hidden = row[mrow].clone()
-        entropy = entropy.reduce(dist_utils.all_sum)
-        return {**entropy.metrics("teacher_entropy"), "teacher_nll": dist_utils.all_sum(nll) / max(entropy.n, 1)}
+            return None
+        model = self.reference if self.cfg.ptd.teacher == "ref" else self.policy
+        offload = model is self.policy and self.multi_update
+        teacher = TeacherStream(model, self._hidden, self._teacher_prompts, self.cfg.temperature, offload)
+        if offload:
+            teacher.offload_all(ptd, self.cfg.micro_batch_rollouts, rollouts[0] if rollouts else None)
+        return teacher
+
+    def teacher_hidden_states(self, rollouts: list[Rollout]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(teacher hidden states of every completion token of ``rollouts``, in order; teacher LM-head
+        weight): a diagnostic outside the training step."""
+        model = self.reference if self.cfg.ptd.teacher == "ref" else self.policy
+        teacher = TeacherStream(model, self._hidden, self._teacher_prompts, self.cfg.temperature)
+        teacher.recording = False
+        return teacher._run(rollouts)
 
     # ------------------------------------------------------------------ update
-    def _update(self, rollouts: list[Rollout]) -> dict[str, float]:
+    def _update(self, rollouts: list[Rollout], teacher: TeacherStream | None = None) -> dict[str, float]:
         """``epochs_per_batch`` passes over the mini-batches of whole groups, one optimizer step each."""
         cfg = self.cfg
         groups_per_rank = max(1, (cfg.mini_batch_prompts or cfg.prompts_per_step) // self.dist.world_size)
         batches = minibatches(rollouts, groups_per_rank)
-        return mean_over_updates([self._optimizer_step(mb) for _ in range(cfg.epochs_per_batch) for mb in batches])
+        probe = rollouts[0] if rollouts else None
+        updates = []
+        for _ in range(cfg.epochs_per_batch):
+            updates += [self._optimizer_step(mb, teacher, probe) for mb in batches]
+            if teacher is not None:
+                teacher.end_pass()
+        return mean_over_updates(updates)
 
     def _step_counts(self, mb: list[Rollout]) -> LossCounts:
         """The normalisers of one optimizer step, over its micro-batches and all data-parallel ranks, so
@@ -343,17 +346,18 @@ class Trainer:
             ptd_tokens=dist_utils.all_sum(sum(r.completion.numel() for r in mb if r.ptd)),
         )
 
-    def _optimizer_step(self, mb: list[Rollout]) -> dict[str, float]:
+    def _optimizer_step(self, mb: list[Rollout], teacher: TeacherStream | None, probe: Rollout | None
+                        ) -> dict[str, float]:
         cfg = self.cfg
         counts = self._step_counts(mb)
         self.optimizer.zero_grad(set_to_none=True)
         totals = UpdateTotals()
         chunks = _chunks([r for r in mb if r.in_pg or r.ptd], cfg.micro_batch_rollouts)
-        self._pad_lockstep(self.policy, len(chunks), mb[0] if mb else None, backward=True)
-        for chunk in chunks:
-            loss = self._micro_batch_loss(chunk, counts, totals)
-            if loss.requires_grad:
-                (loss * dist_utils.loss_scale()).backward()
+        # FSDP: every rank runs as many micro-batch iterations (teacher forward, then policy forward and
+        # backward) as the busiest one; the extra ones are dummies on the probe.
+        padding = dist_utils.lockstep_padding(len(chunks), self.policy)
+        for chunk in chunks + [None] * padding:
+            self._micro_batch(chunk, counts, totals, teacher, probe)
         dist_utils.sum_gradients(self.policy)
         params = [p for p in self.policy.parameters() if p.requires_grad]
         grad_norm = dist_utils.clip_grad_norm(params, cfg.grad_clip)
@@ -368,8 +372,24 @@ class Trainer:
         out["skipped_nonfinite"] = 0.0
         return out
 
-    def _micro_batch_loss(self, chunk: list[Rollout], counts: LossCounts, totals: UpdateTotals) -> torch.Tensor:
-        """This micro-batch's share of the step's loss (``ptdpo_loss``), from one policy forward."""
+    def _micro_batch(self, chunk: list[Rollout] | None, counts: LossCounts, totals: UpdateTotals,
+                     teacher: TeacherStream | None, probe: Rollout | None) -> None:
+        """One micro-batch: its teacher states, its loss share, its backward. Everything it computed,
+        the teacher's hidden states included, is released when it returns."""
+        device = next(self.policy.parameters()).device
+        taught = teacher.states(chunk, probe, device) if teacher is not None else None
+        loss = None if chunk is None else self._micro_batch_loss(chunk, counts, totals, taught)
+        if teacher is not None:
+            teacher.done_with_micro_batch(self.policy)
+        if chunk is None:
+            self._dummy_pass(self.policy, probe, backward=True)
+        elif loss.requires_grad:
+            (loss * dist_utils.loss_scale(self.policy)).backward()
+
+    def _micro_batch_loss(self, chunk: list[Rollout], counts: LossCounts, totals: UpdateTotals,
+                          taught: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """This micro-batch's share of the step's loss (``ptdpo_loss``), from one policy forward;
+        ``taught``: the teacher's (hidden states of the chunk's PTD tokens, LM-head weight)."""
         cfg = self.cfg
         h, ids, m = self._hidden(self.policy, chunk)
         dev = h.device
@@ -392,7 +412,9 @@ class Trainer:
                 inputs["ref_log_prob"] = ref.to(device=dev, dtype=lp.dtype)
                 inputs["kl_mask"] = pg_mask & torch.tensor([r.ref_kl for r in chunk], device=dev)[:, None]
         if any(r.ptd for r in chunk):
-            inputs["ptd_divergence"] = self._ptd_divergence(chunk, h, m, weight)
+            if taught is None:
+                raise TrainingError("a micro-batch with PTD rollouts got no teacher hidden states")
+            inputs["ptd_divergence"] = self._ptd_divergence(chunk, h, m, weight, *taught)
         loss, parts = ptdpo_loss(
             counts, **inputs, kl_coef=cfg.kl_coef, lambda_ptd=cfg.ptd.lambda_ptd, kl_estimator=cfg.kl_estimator,
             policy_loss=self.policy_loss_fn, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
@@ -401,21 +423,21 @@ class Trainer:
         totals.add(parts, pg_tokens=int(pg_mask.sum()))
         return loss
 
-    def _ptd_divergence(self, chunk: list[Rollout], h: torch.Tensor, m: torch.Tensor, weight: torch.Tensor):
-        """Top-K divergence D_t of every PTD token of the micro-batch, student against the stored teacher."""
+    def _ptd_divergence(self, chunk: list[Rollout], h: torch.Tensor, m: torch.Tensor, weight: torch.Tensor,
+                        teacher_hidden: torch.Tensor, teacher_weight: torch.Tensor):
+        """Top-K divergence D_t of every PTD token of the micro-batch, student against the teacher."""
         ptd = self.cfg.ptd
         mp = m & torch.tensor([r.ptd for r in chunk], device=h.device)[:, None]
-        teacher_h = torch.cat([r.teacher_hidden for r in chunk if r.ptd]).to(device=h.device, dtype=h.dtype)
         return chunked_topk_jsd_loss(
-            h[mp], weight, teacher_hidden=teacher_h, teacher_weight=self._teacher_weight.to(h.device),
-            k=ptd.k, support=ptd.support, beta=ptd.beta, divergence=ptd.divergence,
-            temperature=self.cfg.temperature, chunk_size=ptd.chunk_size,
+            h[mp], weight, teacher_hidden=teacher_hidden.to(device=h.device, dtype=h.dtype),
+            teacher_weight=teacher_weight.to(h.device), k=ptd.k, support=ptd.support, beta=ptd.beta,
+            divergence=ptd.divergence, temperature=self.cfg.temperature, chunk_size=ptd.chunk_size,
         )
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
+        """Everything but the model and optimizer (``ptdpo.train_state`` writes those, per rank or gathered)."""
         return {
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
             "sampler": self.sampler.state_dict(),
@@ -425,21 +447,18 @@ class Trainer:
         }
 
     def save(self) -> Path | None:
+        """Checkpoint this step (a collective: every rank calls it); the folder on rank 0, else None."""
         if self.checkpoint_dir is None:
             return None
-        model_state = dist_utils.full_state_dict(self.policy)
-        path = None
-        if self.dist.rank == 0:
-            path = save_checkpoint(self.checkpoint_dir, self.step, model_state, self.state(), self.cfg.keep_checkpoints)
-            if self.on_checkpoint is not None:
-                self.on_checkpoint(path)
+        path = save_train_state(self.checkpoint_dir, self.step, self.policy, self.optimizer, self.state(),
+                                self.cfg.keep_checkpoints, self.cfg.checkpoint_format)
+        if path is not None and self.on_checkpoint is not None:
+            self.on_checkpoint(path)
         dist_utils.barrier()
         return path
 
     def load(self, path: str | Path) -> None:
-        model_state, state, step = load_checkpoint(path)
-        dist_utils.load_full_state_dict(self.policy, model_state)
-        self.optimizer.load_state_dict(state["optimizer"])
+        state, step = load_train_state(path, self.policy, self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])

@@ -94,20 +94,20 @@ def run_training(
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     if policy is None:
-        device = f"cuda:{dist_utils.DistInfo.current().local_rank}" if torch.cuda.is_available() else None
-        model, processor = load_policy(cfg.policy, device=device, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+        model, processor, reference = load_models(cfg)
     else:
         model, processor = policy
-    # The frozen reference is copied before sharding and sharded the same way as the policy.
-    reference = copy.deepcopy(model) if cfg.needs_reference else None
+        # An in-memory policy (tests, warm starts): the reference is a copy, sharded like the policy below.
+        reference = copy.deepcopy(model) if cfg.needs_reference else None
     engine = None
     if cfg.rollout_backend == "vllm":  # built before sharding: it may load the policy's initial weights
         from ptdpo.rollout.engine import make_rollout_engine
 
-        engine = make_rollout_engine(cfg, model, processor, out_dir)
-    model = dist_utils.shard_model(model, cfg.sharding)
-    if reference is not None:
-        reference = dist_utils.shard_model(reference.requires_grad_(False), cfg.sharding)
+        engine = make_rollout_engine(cfg, _whole_policy(cfg, model), processor, out_dir)
+    if policy is not None:
+        model = dist_utils.shard_model(model, cfg.sharding, cfg.precision)
+        if reference is not None:
+            reference = dist_utils.shard_model(reference.requires_grad_(False), cfg.sharding, cfg.precision)
     trainer = Trainer(
         cfg, model, processor, items, hints=hints, engine=engine, reference=reference,
         checkpoint_dir=ckpt_dir, on_checkpoint=on_checkpoint,
@@ -137,6 +137,51 @@ def run_training(
     dist_utils.barrier()
     return TrainOutput(pd.DataFrame(trainer.metrics), model_dir, trainer.step, resumed_from, ckpt_dir,
                        world_size=trainer.dist.world_size)
+
+
+def load_models(cfg: TrainConfig):
+    """(policy, processor, frozen reference or None) for ``cfg``, float32 (the optimizer's master weights;
+    transformers would otherwise load Qwen3-VL in bf16). With FSDP each rank loads only its shards of
+    each model, straight from the checkpoint files (``ptdpo.models.sharded``), so no rank ever holds a
+    whole model; otherwise the policy is loaded on this rank's device and the reference copied from it."""
+    import torch
+
+    from ptdpo import distributed as dist_utils
+    from ptdpo.models import load_policy
+    from ptdpo.models.sharded import load_sharded_policy
+
+    device = f"cuda:{dist_utils.DistInfo.current().local_rank}" if torch.cuda.is_available() else "cpu"
+    pixels = dict(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    if cfg.sharding == "fsdp" and dist_utils.fsdp_available():
+        def shard(m):
+            return dist_utils.shard_model(m, "fsdp", cfg.precision)
+
+        model, processor = load_sharded_policy(cfg.policy, shard, device, **pixels)
+        reference = None
+        if cfg.needs_reference:
+            reference = load_sharded_policy(cfg.policy, shard, device, **pixels)[0].requires_grad_(False)
+        return model, processor, reference
+    model, processor = load_policy(cfg.policy, dtype=torch.float32, device=device, **pixels)
+    reference = copy.deepcopy(model).requires_grad_(False) if cfg.needs_reference else None
+    model = dist_utils.shard_model(model, cfg.sharding, cfg.precision)
+    if reference is not None:
+        reference = dist_utils.shard_model(reference, cfg.sharding, cfg.precision)
+    return model, processor, reference
+
+
+def _whole_policy(cfg: TrainConfig, model):
+    """The unsharded policy a vLLM engine may need to start from: ``model`` itself unless FSDP sharded it
+    at load time; then a ``tiny:`` policy is rebuilt whole (a few MB; other policies load from their files)."""
+    import torch
+
+    from ptdpo import distributed as dist_utils
+    from ptdpo.models import load_policy
+
+    if not dist_utils.is_sharded(model):
+        return model
+    if cfg.policy.startswith("tiny:"):
+        return load_policy(cfg.policy, dtype=torch.float32, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)[0]
+    return None
 
 
 # ---------------------------------------------------------------------- multi-process launch

@@ -106,11 +106,10 @@ def _fixed_divergence(trainer, rollouts):
     from ptdpo.trainer import lm_head_weight
 
     with torch.no_grad():
+        teacher_h, teacher_w = trainer.teacher_hidden_states(rollouts)
         h, ids, m = trainer._hidden(trainer.policy, rollouts)
-        teacher_h = torch.cat([r.teacher_hidden for r in rollouts])
         jsd = chunked_topk_jsd_loss(
-            h[m], lm_head_weight(trainer.policy), teacher_hidden=teacher_h,
-            teacher_weight=lm_head_weight(trainer.reference), k=8,
+            h[m], lm_head_weight(trainer.policy), teacher_hidden=teacher_h, teacher_weight=teacher_w, k=8,
         )
     return float(jsd.mean())
 
@@ -129,7 +128,6 @@ def test_distillation_pulls_student_toward_hinted_teacher(tiny_policy):
         cfg, model, processor, items, hints=_hints(items), reward_fn=_zero_reward, reference=teacher
     )
     probe = trainer.collect()
-    trainer._teacher_forward(probe)
     assert all(r.ptd for r in probe)
     d0 = _fixed_divergence(trainer, probe)
     for _ in range(4):

@@ -36,7 +36,6 @@ class Rollout:
     ref_kl: bool = True  # reference-KL on (off for PTD groups with mask_ref_kl_on_ptd_groups)
     old_logprobs: torch.Tensor | None = None  # [T]
     ref_logprobs: torch.Tensor | None = None  # [T]
-    teacher_hidden: torch.Tensor | None = None  # [T, H]
     extras: dict[str, Any] = field(default_factory=dict)
 
 
