@@ -415,11 +415,7 @@ class Trainer:
             if taught is None:
                 raise TrainingError("a micro-batch with PTD rollouts got no teacher hidden states")
             inputs["ptd_divergence"] = self._ptd_divergence(chunk, h, m, weight, *taught)
-        loss, parts = ptdpo_loss(
-            counts, **inputs, kl_coef=cfg.kl_coef, lambda_ptd=cfg.ptd.lambda_ptd, kl_estimator=cfg.kl_estimator,
-            policy_loss=self.policy_loss_fn, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-            loss_agg_mode=cfg.loss_agg, max_response_len=cfg.max_response_length,
-        )
+        loss, parts = ptdpo_loss(counts, **inputs, policy_loss=self.policy_loss_fn, **cfg.loss_options())
         totals.add(parts, pg_tokens=int(pg_mask.sum()))
         return loss
 
