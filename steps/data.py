@@ -102,9 +102,10 @@ def drop_overlong(items: list[Item], train: TrainConfig) -> tuple[list[Item], di
     from ptdpo.models.loading import load_policy_processor
 
     processor = load_policy_processor(train.policy, min_pixels=train.min_pixels, max_pixels=train.max_pixels)
-    kept, report = filter_overlong(items, processor, train.max_prompt_length,
-                                   enable_thinking=train.enable_thinking, batch_size=PROMPT_COUNT_BATCH)
+    kept, report = filter_overlong(items, processor, train.max_prompt_length, enable_thinking=train.enable_thinking,
+                                   batch_size=PROMPT_COUNT_BATCH, template=train.prompt_template)
     report["prompt_tokens"].update(policy=train.policy, enable_thinking=train.enable_thinking,
+                                   prompt_template=train.prompt_template,
                                    min_pixels=train.min_pixels, max_pixels=train.max_pixels)
     if not kept:
         raise ValueError(f"every one of the {len(items)} items of data.train has a prompt over "

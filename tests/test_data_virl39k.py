@@ -146,7 +146,7 @@ def test_prepare_data_reads_virl39k_and_filters_the_overlong_prompt(tmp_path):
     assert max(p.input_ids.numel() for p in prompts) == m["prompt_tokens"]["max"]
     dropped = load_items(recipe_spec(folder, root))[2]
     assert dropped.id == "q-long-3"
-    assert count_prompt_tokens(processor, [dropped]) == [example["tokens"]]
+    assert count_prompt_tokens(processor, [dropped], template=cfg.prompt_template) == [example["tokens"]]
     with pytest.raises(ItemError, match="q-long-3"):
         encode_student_prompts(processor, [dropped], cfg)
 
@@ -282,7 +282,7 @@ def test_recipes_name_virl39k_as_published_and_the_papers_prompt_lengths():
         rc = run_config_from_dict(cfg_of(name))
         spec, t = rc.data.train, rc.train
         assert t.max_prompt_length == limit, name
-        assert t.vllm["max_model_len"] >= t.max_prompt_length + t.max_response_length, name
+        assert t.vllm.max_model_len >= t.max_prompt_length + t.max_response_length, name
         assert set(spec.meta_columns) == {"category", "source", "PassRate_32BTrained", "PassRate_7BBase"}
         mapped = set(spec.fields.values()) | set(spec.meta_columns)
         assert mapped <= set(VIRL_COLUMNS) and set(spec.hub["columns"]) == set(VIRL_COLUMNS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -55,7 +56,8 @@ def test_student_teacher_reward_and_evaluation_use_one_template(tiny_policy, tem
     hints = {it.id: Hint(item_id=it.id, regions=[Region(bbox=[0, 0, 500, 500], label="shapes", why="look here")],
                          steps=["Look at every shape."], traps=[], generator={"name": "test"}) for it in items}
     student = encode_student_prompts(processor, items, cfg)
-    teacher = Trainer(cfg, model, processor, items, hints=hints)._teacher_prompts(items)
+    rollouts = [SimpleNamespace(item_index=i, prompt=p) for i, p in enumerate(student)]
+    teacher = Trainer(cfg, model, processor, items, hints=hints)._teacher_prompts(rollouts)
     evaluation = processor.apply_chat_template(messages_for(items[0], GenerationConfig(prompt_template=template)),
                                                tokenize=False)
     for text in [p.text for p in student + teacher] + [evaluation]:

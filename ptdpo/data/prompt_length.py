@@ -22,7 +22,7 @@ from typing import Any
 from ptdpo.data.schema import Item, ItemError, item_images
 from ptdpo.models.multimodal import encode_prompts, render_prompts
 from ptdpo.models.tokenizer import IMAGE_TOKEN
-from ptdpo.prompts import build_messages
+from ptdpo.prompts import LIBRARY_TEMPLATE, build_messages
 
 EXAMPLES = 10  # over-long items named in the manifest
 
@@ -40,8 +40,9 @@ def image_size(ref: bytes | str, item_id: str, index: int) -> tuple[int, int]:
     return height, width
 
 
-def _fast_counts(processor: Any, items: Sequence[Item], enable_thinking: bool) -> list[int]:
-    texts = render_prompts(processor, [build_messages(it) for it in items], enable_thinking=enable_thinking)
+def _fast_counts(processor: Any, items: Sequence[Item], enable_thinking: bool, template: str) -> list[int]:
+    texts = render_prompts(processor, [build_messages(it, template=template) for it in items],
+                           enable_thinking=enable_thinking)
     token = getattr(processor, "image_token", IMAGE_TOKEN)
     sizes: list[tuple[int, int]] = []
     for it, text in zip(items, texts):
@@ -60,9 +61,9 @@ def _fast_counts(processor: Any, items: Sequence[Item], enable_thinking: bool) -
     return out
 
 
-def _exact_counts(processor: Any, items: Sequence[Item], enable_thinking: bool) -> list[int]:
-    batch = encode_prompts(processor, [build_messages(it) for it in items], [item_images(it) for it in items],
-                           enable_thinking=enable_thinking)
+def _exact_counts(processor: Any, items: Sequence[Item], enable_thinking: bool, template: str) -> list[int]:
+    batch = encode_prompts(processor, [build_messages(it, template=template) for it in items],
+                           [item_images(it) for it in items], enable_thinking=enable_thinking)
     return batch["attention_mask"].sum(1).tolist()
 
 
@@ -72,15 +73,17 @@ def count_prompt_tokens(
     enable_thinking: bool = False,
     batch_size: int = 256,
     exact: bool = False,
+    template: str = LIBRARY_TEMPLATE,
 ) -> list[int]:
     """Tokens of each item's student prompt, images included, as the trainer encodes it (module
-    docstring). ``exact`` runs the processor on the decoded images (slow; the reference)."""
+    docstring) in the run's prompt ``template``. ``exact`` runs the processor on the decoded images (slow;
+    the reference)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     count = _exact_counts if exact or not hasattr(processor, "_get_num_multimodal_tokens") else _fast_counts
     out: list[int] = []
     for start in range(0, len(items), batch_size):
-        out.extend(count(processor, items[start : start + batch_size], enable_thinking))
+        out.extend(count(processor, items[start : start + batch_size], enable_thinking, template))
     return out
 
 
@@ -90,11 +93,13 @@ def filter_overlong(
     max_prompt_length: int,
     enable_thinking: bool = False,
     batch_size: int = 256,
+    template: str = LIBRARY_TEMPLATE,
 ) -> tuple[list[Item], dict[str, Any]]:
     """(the items whose prompt fits ``max_prompt_length``, in order; a report for the manifest:
     ``filtered_overlong`` (how many were dropped), ``filtered_overlong_examples`` (the first few, id and
     tokens) and ``prompt_tokens`` (limit, longest and mean prompt kept))."""
-    counts = count_prompt_tokens(processor, items, enable_thinking=enable_thinking, batch_size=batch_size)
+    counts = count_prompt_tokens(processor, items, enable_thinking=enable_thinking, batch_size=batch_size,
+                                 template=template)
     kept = [it for it, n in zip(items, counts) if n <= max_prompt_length]
     kept_counts = [n for n in counts if n <= max_prompt_length]
     over = [(it.id, n) for it, n in zip(items, counts) if n > max_prompt_length]
