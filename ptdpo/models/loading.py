@@ -127,19 +127,9 @@ def load_policy(
             dtype=None if dtype == "auto" else dtype,
         )
     else:
-        if _is_local(spec):
-            source = os.path.expanduser(spec)
-        elif _looks_like_path(spec):
-            raise PolicyLoadError(f"policy directory {spec!r} does not exist")
-        else:
-            source = spec  # a hub id
+        source = _source(spec)
         model = _load_model(source, dtype=dtype, attn_implementation=attn_implementation)
-        try:
-            processor = load_processor(source)
-        except OSError as e:
-            raise PolicyLoadError(f"cannot load the processor of policy {spec!r}: {e}") from e
-        if min_pixels is not None or max_pixels is not None:
-            set_pixel_limits(processor, min_pixels, max_pixels)
+        processor = _processor(spec, source, min_pixels, max_pixels)
     if device is not None:
         model = model.to(device)
     model.eval()
@@ -157,12 +147,19 @@ def load_policy_processor(spec: str, min_pixels: int | None = None, max_pixels: 
         if size not in TINY_SIZES:
             raise PolicyLoadError(f"unknown tiny size in {spec!r}; known: {sorted(TINY_SIZES)}")
         return build_processor(min_pixels=min_pixels, max_pixels=max_pixels)
+    return _processor(spec, _source(spec), min_pixels, max_pixels)
+
+
+def _source(spec: str) -> str:
+    """What ``from_pretrained`` reads for a non-tiny spec: a local folder, else a hub id."""
     if _is_local(spec):
-        source = os.path.expanduser(spec)
-    elif _looks_like_path(spec):
+        return os.path.expanduser(spec)
+    if _looks_like_path(spec):
         raise PolicyLoadError(f"policy directory {spec!r} does not exist")
-    else:
-        source = spec
+    return spec
+
+
+def _processor(spec: str, source: str, min_pixels: int | None, max_pixels: int | None):
     try:
         processor = load_processor(source)
     except OSError as e:
