@@ -12,8 +12,7 @@ Names are imported lazily: importing this package imports neither torch nor vLLM
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ptdpo.lazy import lazy_exports
 
 _EXPORTS = {
     "GenerationEngine": "base",
@@ -34,14 +33,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ptdpo.engines' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"ptdpo.engines.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -10,8 +10,7 @@ Importing ``ptdpo.models.processor`` (done by any of the names below) registers
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ptdpo.lazy import lazy_exports
 
 _EXPORTS = {
     "build_tokenizer": "tokenizer",
@@ -53,14 +52,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ptdpo.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"ptdpo.models.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
