@@ -177,6 +177,11 @@ class Distillation:
     teacher: Literal["ref", "old_policy"]
     context: Literal["hint", "answer", "solution"]  # what the teacher's prompt adds
 
+    @classmethod
+    def of_ptd(cls, ptd: PTDConfig) -> Distillation:
+        """PTD's term (OPSD's too: PTD with ``select: all``) as the ``ptd`` section sets it."""
+        return cls("ptd", ptd.lambda_ptd, ptd.teacher, ptd.teacher_context)
+
 
 @dataclass
 class VLLMConfig:
@@ -329,10 +334,7 @@ class TrainConfig:
         if self.hdpo.enabled:
             h = self.hdpo
             return Distillation("hdpo", h.lambda_distill, h.teacher, h.context)
-        if self.ptd.distills:
-            p = self.ptd
-            return Distillation("ptd", p.lambda_ptd, p.teacher, p.teacher_context)
-        return None
+        return Distillation.of_ptd(self.ptd) if self.ptd.distills else None
 
     @property
     def needs_reference(self) -> bool:

@@ -147,7 +147,7 @@ class Trainer:
         self.use_kl = cfg.kl_coef > 0 and self.reference is not None
         # PTD's, OPSD's or HDPO's distillation term: its teacher, context and weight (PTD's settings when the
         # run has none: the teacher diagnostics still work)
-        self.distill = cfg.distillation or Distillation("ptd", cfg.ptd.lambda_ptd, cfg.ptd.teacher, cfg.ptd.teacher_context)
+        self.distill = cfg.distillation or Distillation.of_ptd(cfg.ptd)
         self.papo = MaskedImages(cfg.papo, processor, cfg.seed) if cfg.papo.enabled else None
         # The batch is used for several optimizer steps: pi_old must be scored before the first one.
         self.multi_update = cfg.epochs_per_batch > 1 or (cfg.mini_batch_prompts or cfg.prompts_per_step) < cfg.prompts_per_step

@@ -161,9 +161,10 @@ def ptdpo_loss(
             on = pg_mask.bool()
             for name, values in terms.items():
                 parts[PAPO_SUMS[name]] = values.detach()[on].sum()
-    elif ref_log_prob is not None or masked_log_prob is not None:
-        raise ValueError("ptdpo_loss: the reference KL and the perception terms need log_prob (the policy's "
-                         "log-probs)")
+    elif ref_log_prob is not None:
+        raise ValueError("ptdpo_loss: the reference KL needs log_prob (the policy's log-probs)")
+    elif masked_log_prob is not None:
+        raise ValueError("ptdpo_loss: the perception terms need log_prob (the policy's log-probs)")
     if ptd_divergence is not None:
         share = reduce_ptd_loss(ptd_divergence, counts.ptd_tokens)
         pieces.append(lambda_ptd * share)
