@@ -397,12 +397,12 @@ class Trainer:
         device = next(self.policy.parameters()).device
         taught = teacher.states(chunk, probe, device) if teacher is not None else None
         loss = None if chunk is None else self._micro_batch_loss(chunk, counts, totals, taught)
-        if teacher is not None:
-            teacher.done_with_micro_batch(self.policy)
         if chunk is None:
             self._dummy_pass(self.policy, probe, backward=True)
         elif loss.requires_grad:
             (loss * dist_utils.loss_scale(self.policy)).backward()
+        if teacher is not None:  # after the backward: the full-vocabulary divergence re-reads the teacher's LM head
+            teacher.done_with_micro_batch(self.policy)
 
     def _micro_batch_loss(self, chunk: list[Rollout], counts: LossCounts, totals: UpdateTotals,
                           taught: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:

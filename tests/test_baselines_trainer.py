@@ -173,3 +173,32 @@ def test_baseline_options_that_cannot_work_are_named(train, key):
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         train_config_from_dict(train)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("baseline", ["opsd", "papo"])
+def test_baseline_on_two_fsdp_processes_equals_one_process(tmp_path, baseline):
+    """The baselines' extra passes keep FSDP's ranks in lock-step (PAPO's masked forward, OPSD's
+    full-vocabulary backward that re-reads the frozen teacher's LM head), and 2 gloo ranks train as 1
+    process does."""
+    import socket
+
+    from steps.train import launch_torchrun, run_training, write_job
+
+    items = generate_synthetic(4, seed=2, families=["count_attr"], image_size=64)
+    base = dict(BASE, prompts_per_step=4, micro_batch_rollouts=3, seed=5, max_steps=2)
+    train = {
+        "opsd": dict(base, policy_gradient=False, group_size=1,
+                     ptd={"lambda_ptd": 1.0, "select": "all", "support": "full", "teacher_context": "answer"}),
+        "papo": dict(base, kl_coef=0.01, ptd={"enabled": False}, papo={"enabled": True, "gamma": 0.05}),
+    }[baseline]
+    single = run_training(train, items, {}, tmp_path / "one", progress=False)
+    workdir = write_job(tmp_path / "two", {**train, "sharding": "fsdp"}, items, {}, resume_from=None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    double = launch_torchrun(workdir, nproc=2, master_port=port)
+    cols = ["reward", "pg_loss", "ptd_loss", "grad_norm"] + (["perception_kl"] if baseline == "papo" else [])
+    a, b = torch.tensor(single.metrics[cols].values), torch.tensor(double.metrics[cols].values)
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (cols, a, b)
+    assert (a[:, cols.index("grad_norm")] > 0).all()
