@@ -262,11 +262,12 @@ class Trainer:
             raise TrainingError("FSDP lock-step padding needs a rollout on every rank; this rank has none")
         with contextlib.nullcontext() if backward else torch.no_grad():
             hidden = self._hidden(model, [probe])[0].sum()
-            lm_head_weight(model)  # as a real pass does, so that every rank gathers the same units
+            weight = lm_head_weight(model)  # as a real pass does, so that every rank gathers the same units
             if backward and self.papo is not None:
                 hidden = hidden + self._masked_pass_anchor(model, [probe])
             if backward:
-                (hidden * 0.0).backward()
+                # the LM head gets a (zero) gradient as in a real pass: FSDP reduce-scatters the same tensors
+                (hidden * 0.0 + weight.sum() * 0.0).backward()
 
     def _pad_lockstep(self, model: torch.nn.Module, n_passes: int, probe: Rollout | None, backward: bool = False):
         """FSDP: every rank must run as many forward (and backward) passes through a sharded model as the

@@ -202,3 +202,71 @@ def test_baseline_on_two_fsdp_processes_equals_one_process(tmp_path, baseline):
     a, b = torch.tensor(single.metrics[cols].values), torch.tensor(double.metrics[cols].values)
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (cols, a, b)
     assert (a[:, cols.index("grad_norm")] > 0).all()
+
+
+HDPO_RANKS = '''
+import copy, json, sys
+import torch
+import torch.distributed as dist
+from ptdpo import distributed as dist_utils
+from ptdpo.collectives import init_from_env
+from ptdpo.config import HDPOConfig, PTDConfig, TrainConfig
+from ptdpo.data.synthetic import generate_synthetic
+from ptdpo.models.tiny import build_tiny_qwen3vl
+from ptdpo.trainer import Trainer
+
+torch.set_num_threads(1)
+info = init_from_env("gloo")
+model, processor = build_tiny_qwen3vl("0.5m", seed=0)
+items = generate_synthetic(4, seed=2, families=["count_attr"], image_size=64)
+cfg = TrainConfig(policy="tiny:0.5m", group_size=4, prompts_per_step=4, micro_batch_rollouts=3, max_response_length=8,
+                  lr=1e-2, weight_decay=0.0, kl_coef=0.0, seed=5, sharding="fsdp", ptd=PTDConfig(enabled=False),
+                  hdpo=HDPOConfig(enabled=True, num_samples=5, teacher=sys.argv[1])).resolved()
+calls = []
+
+
+def reward(texts, its):
+    calls.append(1)
+    if len(calls) % 2 == 1 or info.rank == 1:  # rank 0's first group is a cliff; rank 1 has none
+        return [(0.0 if info.rank == 0 and it.id == its[0].id else float(i % 2), 1.0) for i, it in enumerate(its)]
+    return [(float(sum(map(ord, t)) % 2), 1.0) for t in texts]
+
+
+policy = dist_utils.shard_model(copy.deepcopy(model), "fsdp", "fp32")
+reference = None
+if cfg.needs_reference:
+    reference = dist_utils.shard_model(copy.deepcopy(model).requires_grad_(False), "fsdp", "fp32")
+trainer = Trainer(cfg, policy, processor, items, reward_fn=reward, reference=reference)
+rows = [trainer.train_step().metrics for _ in range(2)]
+if info.rank == 0:
+    print("METRICS " + json.dumps(rows))
+dist.destroy_process_group()
+'''
+
+
+@pytest.mark.slow
+def test_hdpo_on_fsdp_ranks_with_and_without_cliff_groups(tmp_path):
+    """One rank has a cliff group, the other none: the privileged generate round is padded on the idle rank,
+    and the ranks' different numbers of micro-batches are padded with passes that give every parameter (the
+    LM head included) a gradient, so FSDP's reduce-scatters match."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "hdpo_ranks.py"
+    script.write_text(HDPO_RANKS)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                          str(script), "old_policy"], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("METRICS "))[8:])
+    for m in rows:
+        assert m["hdpo_cliff_groups"] == 1 and m["hdpo_privileged_rollouts"] == 5 and m["grad_norm"] > 0
+    assert sum(m["hdpo_kept_rollouts"] for m in rows) > 0 and any(m["ptd_loss"] > 0 for m in rows)
