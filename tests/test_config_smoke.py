@@ -84,3 +84,15 @@ def test_config_trains_two_steps_on_the_tiny_model(name, tiny_policy, tmp_path):
         assert (m["papo_masked_patch_frac"] > 0).all() and m["perception_kl"].map(math.isfinite).all(), name
     if rc.train.ptd.selects_rollouts and rc.train.ptd.mask_ref_kl_on_ptd_groups and rc.train.kl_coef:
         assert (m["kl_masked_rollout_frac"] > 0).any(), name
+
+
+def test_reproduce_md_points_at_committed_configs():
+    """docs/reproduce.md (and docs/baselines.md) name only configs that exist, and name every baseline."""
+    import re
+
+    docs = {name: (ROOT / "docs" / name).read_text() for name in ("reproduce.md", "baselines.md")}
+    for name, text in docs.items():
+        named = set(re.findall(r"configs/[\w./-]+\.json", text))
+        assert named and all((ROOT / p).is_file() for p in named), (name, sorted(p for p in named if not (ROOT / p).is_file()))
+    in_table = set(re.findall(r"configs/[\w./-]+\.json", docs["reproduce.md"]))
+    assert {f"configs/{p}" for p in SMOKED if p.startswith("baselines/qwen3vl")} <= in_table
