@@ -149,6 +149,7 @@ class Trainer:
         # run has none: the teacher diagnostics still work)
         self.distill = cfg.distillation or Distillation.of_ptd(cfg.ptd)
         self.papo = MaskedImages(cfg.papo, processor, cfg.seed) if cfg.papo.enabled else None
+        self._collect_counts: dict[str, float] = {}  # this rank's counts of the step's collection (HDPO's)
         # The batch is used for several optimizer steps: pi_old must be scored before the first one.
         self.multi_update = cfg.epochs_per_batch > 1 or (cfg.mini_batch_prompts or cfg.prompts_per_step) < cfg.prompts_per_step
 
@@ -205,7 +206,7 @@ class Trainer:
         """The step's row of ``metrics`` (names and meanings: ``ptdpo.metrics``)."""
         local = rollout_stats(rollouts)
         m = {k: dist_utils.all_sum(v) if k == "response_tokens" else dist_utils.all_mean(v) for k, v in local.items()}
-        m.update(hdpo_metrics({k: dist_utils.all_sum(v) for k, v in getattr(self, "_collect_counts", {}).items()}))
+        m.update(hdpo_metrics({k: dist_utils.all_sum(v) for k, v in self._collect_counts.items()}))
         if self.papo is not None:
             m.update(self.papo.metrics())
         m.update(teacher)

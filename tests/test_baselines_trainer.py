@@ -12,6 +12,7 @@ import torch
 
 from ptdpo.config import ConfigError, HDPOConfig, PAPOConfig, PTDConfig, TrainConfig
 from ptdpo.data.synthetic import generate_synthetic
+from ptdpo.metrics import BY_NAME
 from ptdpo.trainer import Trainer
 
 BASE = dict(policy="tiny:0.5m", group_size=4, prompts_per_step=2, micro_batch_rollouts=4, max_response_length=8,
@@ -49,7 +50,7 @@ def test_opsd_distils_every_rollout_and_the_reward_changes_nothing(tiny_policy):
         accuracies.append({r.accuracy for r in result.rollouts})
         m = result.metrics
         assert m["ptd_rollout_frac"] == 1.0 and m["pg_rollout_frac"] == 0.0 and m["pg_loss"] == 0.0
-        assert m["ptd_loss"] > 0
+        assert m["ptd_loss"] > 0 and set(m) <= set(BY_NAME)
         after.append(_params(trainer.policy))
     assert accuracies == [{0.0, 1.0}, {0.0}]  # correct rollouts are distilled too, unlike PTD's rule
     assert torch.equal(after[0], after[1])
@@ -109,6 +110,7 @@ def test_hdpo_step_trains_on_the_kept_rollouts_only(tiny_policy):
     m = trainer.train_step().metrics
     assert m["hdpo_cliff_groups"] == 1 and m["hdpo_privileged_rollouts"] == 6 and m["hdpo_kept_rollouts"] == 1
     assert 0 < m["hdpo_privileged_accuracy"] <= 1 and m["ptd_loss"] > 0
+    assert set(m) <= set(BY_NAME), set(m) - set(BY_NAME)  # every row registered (ptdpo.metrics)
     # the step's own statistics describe the student's 8 rollouts only
     assert m["response_tokens"] <= 8 * 8 and m["ptd_rollout_frac"] == 0.0 and m["all_fail_groups"] == 0.5
 
@@ -142,6 +144,7 @@ def test_papo_masked_forward_sees_masked_pixels_and_the_same_tokens(tiny_policy,
         assert torch.equal(orig["pixel_values"][~changed], masked["pixel_values"][~changed])
     assert 0 < m["papo_masked_patch_frac"] < 1 and m["perception_kl"] >= 0
     assert m["papo_entropy"] > 0 and m["papo_masked_entropy"] > 0
+    assert set(m) <= set(BY_NAME), set(m) - set(BY_NAME)
 
 
 def test_papo_masked_gradient_option_reaches_the_update(tiny_policy):
