@@ -13,6 +13,11 @@ dual clip C = 3; the reference KL as the released scripts set it (k3 in the ``fo
 masked KL divided by all policy-gradient tokens); PTD with DAPO without online filtering or overlong
 shaping; the ``boxed`` prompt. Each other choice is a named option (docs/choices.md lists them).
 :meth:`TrainConfig.loss_options` hands the loss its options in one piece.
+
+The baselines of the paper's main table (METHOD.md 3, docs/baselines.md) are options of the same schema:
+OPSD is PTD's distillation on every rollout (``ptd.select: all``, ``ptd.support: full``) with
+``policy_gradient: false``; HDPO is the ``hdpo`` section; PAPO the ``papo`` section.
+:attr:`TrainConfig.distillation` says which distillation term a run has (PTD's, OPSD's or HDPO's).
 """
 
 from __future__ import annotations
@@ -90,11 +95,16 @@ class PTDConfig:
     lambda_ptd: NonNegativeFloat = 0.05
     tau_ptd: Fraction = 1.0
     k: PositiveInt = 100
-    support: Literal["union", "student", "teacher"] = "union"
+    # union / student / teacher: the Top-K support (METHOD.md 2.6); full: the whole vocabulary, no Top-K and
+    # no tail (OPSD's full JSD; ptdpo.objectives.full_vocab), k unused.
+    support: Literal["union", "student", "teacher", "full"] = "union"
     divergence: Literal["jsd", "forward_kl", "reverse_kl"] = "jsd"
     beta: OpenUnit = 0.5
     teacher: Literal["ref", "old_policy"] = "ref"
     teacher_context: Literal["hint", "answer", "solution"] = "hint"
+    # tau: PTD's rule (the failed rollouts of groups whose accuracy is below tau_ptd); all: every rollout
+    # whose item has the teacher context, whatever its reward (OPSD, ptdpo.objectives.ptd_mask).
+    select: Literal["tau", "all"] = "tau"
     mask_ref_kl_on_ptd_groups: bool = True
     ptd_on_filtered_groups: bool = True
     ptd_all_trajectories: bool = False
@@ -121,6 +131,56 @@ class PTDConfig:
         """The run needs audited hints: PTD selects rollouts by "has a usable hint" (teacher context
         ``hint``). True for ``mask_only`` too: its mask is the one PTD would use."""
         return self.selects_rollouts and self.teacher_context == "hint"
+
+
+@dataclass
+class HDPOConfig:
+    """HDPO (arXiv 2603.23871): on "cliff" prompts (every rollout of the group failed) the policy samples
+    ``num_samples`` privileged rollouts from the prompt with the ground truth in it (``context``), keeps the
+    correct ones (R = 1), and distils the teacher's token distribution on them into the student, which
+    sees the answer-free prompt: L = L_RL + lambda_distill * L_distill (cliff prompts only). The
+    divergence is the one ``ptd`` configures (``divergence``, ``k``, ``support``, ``beta``)."""
+
+    enabled: bool = False
+    lambda_distill: PositiveFloat = 0.05
+    num_samples: PositiveInt = 8  # privileged rollouts per cliff prompt
+    max_kept_per_prompt: PositiveInt | None = None  # None: every correct privileged rollout
+    context: Literal["answer", "solution"] = "answer"  # the ground truth in the privileged prompt
+    # old_policy: the policy itself before the update (teacher and student share the weights, as HDPO
+    # defines it); ref: the frozen reference on the privileged prompt
+    teacher: Literal["old_policy", "ref"] = "old_policy"
+
+
+@dataclass
+class PAPOConfig:
+    """PAPO (arXiv 2507.06448): a second policy forward on each rollout with ``mask_ratio`` of its image
+    patches blacked out; the loss gains -gamma KL_prcp + entropy_coef H + masked_entropy_coef H_mask
+    (``ptdpo.objectives.perception``) over the policy-gradient tokens."""
+
+    enabled: bool = False
+    gamma: NonNegativeFloat = 0.01  # weight of the implicit perception loss (the KL it maximises)
+    mask_ratio: OpenUnit = 0.6  # probability that an image patch (one processor patch row) is blacked out
+    entropy_coef: NonNegativeFloat = 0.03  # eta_1: the original-input policy's entropy
+    masked_entropy_coef: NonNegativeFloat = 0.03  # eta_2: the masked-input policy's entropy
+    kl_clamp: PositiveFloat | None = 10.0  # per-token KL_prcp at most this (the released low_var_kl's clamp)
+    # true: the masked forward carries gradient (the paper's objective: both branches, eta_2 acts); false:
+    # it runs without gradient, as the released code's default (then eta_2 changes no weight)
+    masked_gradient: bool = True
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """The one distillation term of a run: PTD's (OPSD is PTD with ``select: all``) or HDPO's."""
+
+    kind: Literal["ptd", "hdpo"]
+    weight: float  # lambda: the term's weight in the loss
+    teacher: Literal["ref", "old_policy"]
+    context: Literal["hint", "answer", "solution"]  # what the teacher's prompt adds
+
+    @classmethod
+    def of_ptd(cls, ptd: PTDConfig) -> Distillation:
+        """PTD's term (OPSD's too: PTD with ``select: all``) as the ``ptd`` section sets it."""
+        return cls("ptd", ptd.lambda_ptd, ptd.teacher, ptd.teacher_context)
 
 
 @dataclass
@@ -194,6 +254,11 @@ class TrainConfig:
     overlong_buffer: NonNegativeInt | None = None  # DAPO: length of the soft-penalty window; 0 disables
     overlong_penalty: NonNegativeFloat = 1.0
     ptd: PTDConfig = field(default_factory=PTDConfig)
+    # false: no advantage or policy-gradient term, only the distillation term (OPSD); the reference KL and
+    # PAPO's terms live on policy-gradient tokens, so they go too
+    policy_gradient: bool = True
+    hdpo: HDPOConfig = field(default_factory=HDPOConfig)
+    papo: PAPOConfig = field(default_factory=PAPOConfig)
     # Parameters (and the optimizer's weights) are float32 either way; bf16 is the compute dtype.
     precision: Literal["fp32", "bf16"] = "fp32"
     sharding: Literal["none", "fsdp"] = "none"  # data-parallel replicas, or FSDP2 parameter sharding
@@ -221,7 +286,8 @@ class TrainConfig:
         problems = instance_problems(self, where)
         if problems:
             raise ConfigError(problems)
-        out = dataclasses.replace(self, ptd=dataclasses.replace(self.ptd), vllm=dataclasses.replace(self.vllm))
+        out = dataclasses.replace(self, ptd=dataclasses.replace(self.ptd), vllm=dataclasses.replace(self.vllm),
+                                  hdpo=dataclasses.replace(self.hdpo), papo=dataclasses.replace(self.papo))
         if self.algorithm == "dapo" and out.ptd.distills:
             # The released PTD-DAPO scripts run with online filtering off: no dynamic sampling, no overlong
             # shaping. Set dynamic_sampling true to keep it (ptd.ptd_on_filtered_groups: the dropped
@@ -248,17 +314,33 @@ class TrainConfig:
         unresolved = [k for k in ("clip_low", "clip_high", "loss_agg", "kl_coef") if getattr(self, k) is None]
         if unresolved:
             raise ConfigError([f"train.{k}: unresolved (call TrainConfig.resolved() first)" for k in unresolved])
-        return {
-            "kl_coef": self.kl_coef, "lambda_ptd": self.ptd.lambda_ptd, "kl_estimator": self.kl_estimator,
+        distill = self.distillation
+        opts = {
+            "kl_coef": self.kl_coef, "lambda_ptd": distill.weight if distill else self.ptd.lambda_ptd,
+            "kl_estimator": self.kl_estimator,
             "kl_direction": self.kl_direction, "kl_normalizer": self.kl_normalizer,
             "clip_low": self.clip_low, "clip_high": self.clip_high, "dual_clip_c": self.dual_clip_c,
             "loss_agg_mode": self.loss_agg, "max_response_len": self.max_response_length,
         }
+        if self.papo.enabled:
+            opts.update(perception_coef=self.papo.gamma, entropy_coef=self.papo.entropy_coef,
+                        masked_entropy_coef=self.papo.masked_entropy_coef, perception_kl_clamp=self.papo.kl_clamp)
+        return opts
+
+    @property
+    def distillation(self) -> Distillation | None:
+        """The run's distillation term (PTD's, OPSD's or HDPO's), or None: who teaches, with what context,
+        at what weight. The trainer's teacher, its prompts and the loss weight all come from here."""
+        if self.hdpo.enabled:
+            h = self.hdpo
+            return Distillation("hdpo", h.lambda_distill, h.teacher, h.context)
+        return Distillation.of_ptd(self.ptd) if self.ptd.distills else None
 
     @property
     def needs_reference(self) -> bool:
-        """A frozen reference model is needed: as the PTD teacher, or for the KL term."""
-        return (self.ptd.distills and self.ptd.teacher == "ref") or bool(self.kl_coef)
+        """A frozen reference model is needed: as the distillation teacher, or for the KL term."""
+        distill = self.distillation
+        return (distill is not None and distill.teacher == "ref") or bool(self.kl_coef)
 
 
 def _cross_field_problems(c: TrainConfig, where: str) -> list[str]:
@@ -272,6 +354,20 @@ def _cross_field_problems(c: TrainConfig, where: str) -> list[str]:
     if c.algorithm == "gspo" and c.loss_agg != "seq-mean-token-mean":
         problems.append(f"{where}.loss_agg: GSPO is defined with sequence-level averaging "
                         f"('seq-mean-token-mean'), got {c.loss_agg!r}")
+    if c.hdpo.enabled and c.ptd.distills:
+        problems.append(f"{where}.hdpo.enabled: HDPO's distillation replaces PTD's (one distillation term per "
+                        f"run); disable {where}.ptd (enabled false or lambda_ptd 0)")
+    if not c.policy_gradient:
+        if not c.ptd.distills:
+            problems.append(f"{where}.policy_gradient: false leaves nothing to train without {where}.ptd's "
+                            "distillation (OPSD: ptd.select 'all')")
+        for section in ("hdpo", "papo"):
+            if getattr(c, section).enabled:
+                problems.append(f"{where}.{section}.enabled: {section.upper()} adds to the policy-gradient loss; "
+                                f"it cannot run with {where}.policy_gradient false")
+        if c.kl_coef:
+            problems.append(f"{where}.kl_coef: the reference KL lives on policy-gradient tokens; set it to 0 "
+                            f"with {where}.policy_gradient false, got {c.kl_coef}")
     return problems
 
 

@@ -29,7 +29,8 @@ METRICS: tuple[Metric, ...] = (
            "fraction of groups with both correct and failed rollouts (the ones with a policy-gradient signal)"),
     Metric("all_fail_groups", "all-fail group fraction", "fraction of groups in which every rollout failed"),
     Metric("all_correct_groups", "all-correct group fraction", "fraction of groups in which every rollout is correct"),
-    Metric("ptd_rollout_frac", "PTD rollout fraction", "fraction of rollouts that get the PTD (distillation) term"),
+    Metric("ptd_rollout_frac", "PTD rollout fraction",
+           "fraction of rollouts that get the PTD (distillation) term (OPSD: every rollout with the teacher context)"),
     Metric("ptd_token_frac", "PTD token fraction", "fraction of response tokens that get the PTD term"),
     Metric("response_length", "response length (tokens)", "mean completion length in tokens"),
     Metric("truncated_frac", "truncated fraction", "fraction of rollouts cut by train.max_response_length"),
@@ -38,6 +39,15 @@ METRICS: tuple[Metric, ...] = (
     Metric("kl_masked_rollout_frac", "rollouts with the reference KL masked",
            "fraction of rollouts whose reference KL is switched off (groups that get PTD)"),
     Metric("response_tokens", "response tokens", "completion tokens of the step, summed over ranks"),
+    # -- HDPO's privileged round (counts summed over ranks; docs/baselines.md)
+    Metric("hdpo_cliff_groups", "HDPO cliff groups",
+           "groups whose rollouts all failed and whose item has the ground truth: each gets privileged rollouts"),
+    Metric("hdpo_privileged_rollouts", "HDPO privileged rollouts",
+           "rollouts sampled from the privileged prompt (the ground truth in context)"),
+    Metric("hdpo_privileged_accuracy", "HDPO privileged accuracy",
+           "fraction of the privileged rollouts that are correct (NaN without any)"),
+    Metric("hdpo_kept_rollouts", "HDPO kept rollouts",
+           "correct privileged rollouts kept for distillation (R = 1 filter); they are not counted in the rows above"),
     # -- teacher forward (PTD rollouts only)
     Metric("teacher_entropy", "teacher entropy (nats/token)",
            "entropy of the hinted teacher on the PTD tokens (near ln V: a broken teacher)"),
@@ -53,8 +63,20 @@ METRICS: tuple[Metric, ...] = (
     Metric("kl_ref_all", "KL to reference, all rollouts",
            "the same KL as a mean over every policy-gradient token, the KL-masked ones counted as 0 (still "
            "measured when PTD masks every group; with kl_normalizer all_tokens the KL term of the loss)"),
-    Metric("ptd_loss", "PTD loss (Top-K JSD)", "L_PTD: mean Top-K divergence over the step's PTD tokens (unweighted)"),
-    Metric("ptd_loss_weighted", "lambda_ptd * PTD loss", "lambda_ptd * L_PTD: the PTD term as it enters the loss"),
+    Metric("ptd_loss", "PTD loss (Top-K JSD)",
+           "L_PTD: mean Top-K divergence over the step's PTD tokens (unweighted); OPSD's or HDPO's distillation "
+           "term when those run"),
+    Metric("ptd_loss_weighted", "lambda_ptd * PTD loss",
+           "lambda_ptd * L_PTD: the PTD term as it enters the loss (HDPO: lambda_distill * its term)"),
+    # -- PAPO (policy-gradient tokens; docs/baselines.md)
+    Metric("papo_loss", "PAPO terms", "-gamma KL_prcp + eta_1 H + eta_2 H_mask as they enter the loss"),
+    Metric("perception_kl", "perception KL (nats/token)",
+           "KL_prcp: k3 estimate of KL(pi(.|image) || pi(.|masked image)) on the policy-gradient tokens"),
+    Metric("papo_entropy", "sampled-token entropy, image (nats/token)",
+           "PAPO's entropy estimate -log pi(o_t | image) on the policy-gradient tokens"),
+    Metric("papo_masked_entropy", "sampled-token entropy, masked image (nats/token)",
+           "PAPO's entropy estimate -log pi(o_t | masked image) on the policy-gradient tokens"),
+    Metric("papo_masked_patch_frac", "masked patch fraction", "fraction of image patch rows PAPO blacked out"),
     Metric("student_entropy", "student entropy (nats/token)", "policy entropy on the policy-gradient tokens"),
     Metric("student_entropy_correct", "student entropy, correct rollouts (nats/token)",
            "policy entropy on the tokens of correct rollouts"),
@@ -162,6 +184,8 @@ class UpdateTotals:
     policy_stats: dict[str, float] = field(default_factory=dict)  # token-weighted sums
     policy_tokens: int = 0
     student_entropy: OutcomeEntropy = field(default_factory=OutcomeEntropy)
+    papo: bool = False  # the run has PAPO's terms: their rows are reported (a collective on every rank)
+    papo_sums: dict[str, float] = field(default_factory=dict)  # papo_loss and the PAPO token sums
 
     def add(self, parts: Mapping[str, Any], pg_tokens: int) -> None:
         """One micro-batch's loss parts (``ptdpo_loss``); ``pg_tokens`` weighs its policy statistics."""
@@ -172,6 +196,8 @@ class UpdateTotals:
                 self.kl_ref_sum += float(value)
             elif name == "ptd_loss_sum":
                 self.ptd_loss_sum += float(value)
+            elif name in PAPO_PARTS:
+                self.papo_sums[name] = self.papo_sums.get(name, 0.0) + float(value)
             elif name not in ("kl_ref", "ptd_loss"):  # shares: the step's means are formed from the sums
                 self.policy_stats[name] = self.policy_stats.get(name, 0.0) + float(value) * pg_tokens
         if "pg_loss" in parts:
@@ -186,7 +212,26 @@ class UpdateTotals:
         out["ptd_loss_weighted"] = lambda_ptd * out["ptd_loss"]
         out.update(kl_ref_means(all_sum(self.kl_ref_sum), counts.kl_tokens, counts.pg_tokens))
         out["pg_loss"] = all_sum(self.pg_loss)
+        if self.papo:
+            sums = {name: all_sum(self.papo_sums.get(name, 0.0)) for name in PAPO_PARTS}
+            out["papo_loss"] = sums["papo_loss"]
+            for name in PAPO_PARTS[1:]:
+                out[name.removesuffix("_sum")] = sums[name] / max(counts.pg_tokens, 1)
         return out
+
+
+# PAPO's loss parts (``ptdpo.objectives.ptdpo_loss``): its share of the loss, then its token sums
+PAPO_PARTS = ("papo_loss", "perception_kl_sum", "papo_entropy_sum", "papo_masked_entropy_sum")
+
+
+def hdpo_metrics(counts: Mapping[str, float]) -> dict[str, float]:
+    """HDPO's rows from the privileged round's counts summed over ranks (nothing without HDPO)."""
+    if not counts:
+        return {}
+    out = {k: float(counts[k]) for k in ("hdpo_cliff_groups", "hdpo_privileged_rollouts", "hdpo_kept_rollouts")}
+    sampled = out["hdpo_privileged_rollouts"]
+    out["hdpo_privileged_accuracy"] = counts["hdpo_privileged_correct"] / sampled if sampled else float("nan")
+    return out
 
 
 def kl_ref_means(kl_sum: float, kl_tokens: float, pg_tokens: float) -> dict[str, float]:

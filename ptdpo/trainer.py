@@ -10,6 +10,8 @@ One step (:meth:`Trainer.train_step`):
      hint-augmented prompt and the same images; ``ptdpo.teacher``), then its share of L = L_RL + kl_coef *
      KL_ref + lambda_ptd * L_PTD (``ptdpo.objectives.ptdpo_loss``, global counts) and its backward;
      then the data-parallel gradient sum, clipping and AdamW (float32 master weights, ``ptdpo.optim``);
+     the baselines (docs/baselines.md) use the same loop: OPSD's and HDPO's distillation take the PTD
+     term's place (``TrainConfig.distillation``), PAPO adds a masked-image forward (``ptdpo.papo``);
   4. the rollout engine takes the new weights; metrics (``ptdpo.metrics``); a checkpoint every
      ``checkpoint_every`` steps.
 """
@@ -29,21 +31,23 @@ import torch
 
 from ptdpo import distributed as dist_utils
 from ptdpo.checkpoint import latest_checkpoint, rng_state, set_rng_state
-from ptdpo.config import TrainConfig
+from ptdpo.config import Distillation, TrainConfig
 from ptdpo.data.schema import Item
 from ptdpo.engines.base import GenerationEngine
 from ptdpo.hints.render import teacher_messages
 from ptdpo.hints.schema import Hint
-from ptdpo.metrics import UpdateTotals, mean_over_updates
+from ptdpo.metrics import UpdateTotals, hdpo_metrics, mean_over_updates
 from ptdpo.models.multimodal import completion_hidden_states
 from ptdpo.objectives import (
     LossCounts,
+    chunked_full_divergence,
     chunked_token_logprobs,
     chunked_topk_jsd_loss,
     get_policy_loss_fn,
     ptdpo_loss,
 )
 from ptdpo.optim import check_fp32_masters, make_optimizer, make_scheduler
+from ptdpo.papo import MaskedImages
 from ptdpo.rollout.collect import RewardFn, RolloutCollector, encode_messages, encode_student_prompts
 from ptdpo.rollout.groups import minibatches, rollout_stats
 from ptdpo.rollout.records import EncodedPrompt, Rollout, collate_completions, collate_prompts, pad_rows
@@ -141,6 +145,11 @@ class Trainer:
         self.on_checkpoint = on_checkpoint
         self.policy_loss_fn = get_policy_loss_fn("gspo" if cfg.algorithm == "gspo" else "ppo")
         self.use_kl = cfg.kl_coef > 0 and self.reference is not None
+        # PTD's, OPSD's or HDPO's distillation term: its teacher, context and weight (PTD's settings when the
+        # run has none: the teacher diagnostics still work)
+        self.distill = cfg.distillation or Distillation.of_ptd(cfg.ptd)
+        self.papo = MaskedImages(cfg.papo, processor, cfg.seed) if cfg.papo.enabled else None
+        self._collect_counts: dict[str, float] = {}  # this rank's counts of the step's collection (HDPO's)
         # The batch is used for several optimizer steps: pi_old must be scored before the first one.
         self.multi_update = cfg.epochs_per_batch > 1 or (cfg.mini_batch_prompts or cfg.prompts_per_step) < cfg.prompts_per_step
 
@@ -177,10 +186,12 @@ class Trainer:
         return result
 
     def collect(self) -> list[Rollout]:
-        """Rollouts of one step on this rank, scored, with advantages and the PTD mask set."""
+        """Rollouts of one step on this rank, scored, with advantages and the PTD mask set (and HDPO's
+        privileged rollouts added)."""
         self._init_sharded()
         collected = self.collector.collect(self.step)
         self._reward_time = collected.reward_time
+        self._collect_counts = collected.counts
         return collected.rollouts
 
     def _reference_and_old_logprobs(self, rollouts: list[Rollout]) -> None:
@@ -195,6 +206,9 @@ class Trainer:
         """The step's row of ``metrics`` (names and meanings: ``ptdpo.metrics``)."""
         local = rollout_stats(rollouts)
         m = {k: dist_utils.all_sum(v) if k == "response_tokens" else dist_utils.all_mean(v) for k, v in local.items()}
+        m.update(hdpo_metrics({k: dist_utils.all_sum(v) for k, v in self._collect_counts.items()}))
+        if self.papo is not None:
+            m.update(self.papo.metrics())
         m.update(teacher)
         m.update(update)
         s = laps.seconds
@@ -243,14 +257,18 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _dummy_pass(self, model: torch.nn.Module, probe: Rollout | None, backward: bool = False) -> None:
-        """One pass on ``probe`` that changes nothing: FSDP lock-step padding."""
+        """One pass on ``probe`` that changes nothing: FSDP lock-step padding. An update pass with PAPO
+        runs the masked forward too, as a real micro-batch does."""
         if probe is None:
             raise TrainingError("FSDP lock-step padding needs a rollout on every rank; this rank has none")
         with contextlib.nullcontext() if backward else torch.no_grad():
-            hidden = self._hidden(model, [probe])[0]
-            lm_head_weight(model)  # as a real pass does, so that every rank gathers the same units
+            hidden = self._hidden(model, [probe])[0].sum()
+            weight = lm_head_weight(model)  # as a real pass does, so that every rank gathers the same units
+            if backward and self.papo is not None:
+                hidden = hidden + self._masked_pass_anchor(model, [probe])
             if backward:
-                (hidden.sum() * 0.0).backward()
+                # the LM head gets a (zero) gradient as in a real pass: FSDP reduce-scatters the same tensors
+                (hidden * 0.0 + weight.sum() * 0.0).backward()
 
     def _pad_lockstep(self, model: torch.nn.Module, n_passes: int, probe: Rollout | None, backward: bool = False):
         """FSDP: every rank must run as many forward (and backward) passes through a sharded model as the
@@ -291,7 +309,7 @@ class Trainer:
 
     def _teacher_prompts(self, rollouts: list[Rollout]) -> list[EncodedPrompt]:
         """The teacher's prompts of ``rollouts``: the privileged context, exactly the student's images."""
-        ctx = self.cfg.ptd.teacher_context
+        ctx = self.distill.context
         items = [self.items[r.item_index] for r in rollouts]
         messages = [teacher_messages(it, self.hints.get(it.id), context=ctx, template=self.cfg.prompt_template)
                     for it in items]
@@ -306,7 +324,7 @@ class Trainer:
         ptd = [r for r in rollouts if r.ptd]
         if not dist_utils.all_sum(len(ptd)):
             return None
-        model = self.reference if self.cfg.ptd.teacher == "ref" else self.policy
+        model = self.reference if self.distill.teacher == "ref" else self.policy
         offload = model is self.policy and self.multi_update
         teacher = TeacherStream(model, self._hidden, self._teacher_prompts, self.cfg.temperature, offload)
         if offload:
@@ -316,7 +334,7 @@ class Trainer:
     def teacher_hidden_states(self, rollouts: list[Rollout]) -> tuple[torch.Tensor, torch.Tensor]:
         """(teacher hidden states of every completion token of ``rollouts``, in order; teacher LM-head
         weight): a diagnostic outside the training step."""
-        model = self.reference if self.cfg.ptd.teacher == "ref" else self.policy
+        model = self.reference if self.distill.teacher == "ref" else self.policy
         teacher = TeacherStream(model, self._hidden, self._teacher_prompts, self.cfg.temperature)
         teacher.recording = False
         return teacher._run(rollouts)
@@ -328,6 +346,8 @@ class Trainer:
         groups_per_rank = max(1, (cfg.mini_batch_prompts or cfg.prompts_per_step) // self.dist.world_size)
         batches = minibatches(rollouts, groups_per_rank)
         probe = rollouts[0] if rollouts else None
+        if self.papo is not None:
+            self.papo.start_step(self.step)
         updates = []
         for _ in range(cfg.epochs_per_batch):
             updates += [self._optimizer_step(mb, teacher, probe) for mb in batches]
@@ -351,7 +371,7 @@ class Trainer:
         cfg = self.cfg
         counts = self._step_counts(mb)
         self.optimizer.zero_grad(set_to_none=True)
-        totals = UpdateTotals()
+        totals = UpdateTotals(papo=self.papo is not None)
         chunks = _chunks([r for r in mb if r.in_pg or r.ptd], cfg.micro_batch_rollouts)
         # FSDP: every rank runs as many micro-batch iterations (teacher forward, then policy forward and
         # backward) as the busiest one; the extra ones are dummies on the probe.
@@ -361,7 +381,7 @@ class Trainer:
         dist_utils.sum_gradients(self.policy)
         params = [p for p in self.policy.parameters() if p.requires_grad]
         grad_norm = dist_utils.clip_grad_norm(params, cfg.grad_clip)
-        out = totals.metrics(counts, cfg.ptd.lambda_ptd, dist_utils.all_sum)
+        out = totals.metrics(counts, self.distill.weight, dist_utils.all_sum)
         out["grad_norm"] = float(grad_norm)
         if not math.isfinite(out["grad_norm"]):
             # Skip the update; a run of these stops training with a clear message.
@@ -379,12 +399,12 @@ class Trainer:
         device = next(self.policy.parameters()).device
         taught = teacher.states(chunk, probe, device) if teacher is not None else None
         loss = None if chunk is None else self._micro_batch_loss(chunk, counts, totals, taught)
-        if teacher is not None:
-            teacher.done_with_micro_batch(self.policy)
         if chunk is None:
             self._dummy_pass(self.policy, probe, backward=True)
         elif loss.requires_grad:
             (loss * dist_utils.loss_scale(self.policy)).backward()
+        if teacher is not None:  # after the backward: the full-vocabulary divergence re-reads the teacher's LM head
+            teacher.done_with_micro_batch(self.policy)
 
     def _micro_batch_loss(self, chunk: list[Rollout], counts: LossCounts, totals: UpdateTotals,
                           taught: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -407,6 +427,8 @@ class Trainer:
                 pg_mask=pg_mask,
             )
             totals.student_entropy.add(ent, _correct_tokens(chunk, pg_mask))
+            if self.papo is not None:
+                inputs["masked_log_prob"] = self._masked_log_prob(chunk, pg_mask, lp.dtype)
             if self.use_kl:
                 ref = pad_rows([_or_zeros(r.ref_logprobs, r) for r in chunk], ids.shape[1])
                 inputs["ref_log_prob"] = ref.to(device=dev, dtype=lp.dtype)
@@ -417,13 +439,38 @@ class Trainer:
             inputs["ptd_divergence"] = self._ptd_divergence(chunk, h, m, weight, *taught)
         loss, parts = ptdpo_loss(counts, **inputs, policy_loss=self.policy_loss_fn, **cfg.loss_options())
         totals.add(parts, pg_tokens=int(pg_mask.sum()))
+        if self.papo is not None and not in_pg.any() and dist_utils.is_sharded(self.policy):
+            loss = loss + 0.0 * self._masked_pass_anchor(self.policy, chunk)  # FSDP: as many passes as a rank with PG
         return loss
+
+    def _masked_log_prob(self, chunk: list[Rollout], pg_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """PAPO: [B, T] log-probs of the policy-gradient tokens with the masked images (``ptdpo.papo``),
+        from a second policy forward: with gradient, or without (``papo.masked_gradient``)."""
+        with contextlib.nullcontext() if self.cfg.papo.masked_gradient else torch.no_grad():
+            h, ids, _ = self._hidden(self.policy, chunk, self.papo.prompts(chunk))
+            weight = lm_head_weight(self.policy)
+            lp, _ = chunked_token_logprobs(h[pg_mask], weight, ids[pg_mask], temperature=self.cfg.temperature,
+                                           return_entropy=False)
+        return torch.zeros(ids.shape, dtype=dtype, device=h.device).masked_scatter(pg_mask, lp.to(dtype))
+
+    def _masked_pass_anchor(self, model: torch.nn.Module, rollouts: list[Rollout]) -> torch.Tensor:
+        """A masked forward whose result counts for nothing (0 when it runs without gradient): FSDP lock-step."""
+        with contextlib.nullcontext() if self.cfg.papo.masked_gradient else torch.no_grad():
+            h = self._hidden(model, rollouts, self.papo.prompts(rollouts))[0]
+            lm_head_weight(model)
+        return h.sum() if self.cfg.papo.masked_gradient else h.new_zeros(())
 
     def _ptd_divergence(self, chunk: list[Rollout], h: torch.Tensor, m: torch.Tensor, weight: torch.Tensor,
                         teacher_hidden: torch.Tensor, teacher_weight: torch.Tensor):
-        """Top-K divergence D_t of every PTD token of the micro-batch, student against the teacher."""
+        """Divergence D_t of every PTD (distillation) token of the micro-batch, student against the teacher:
+        Top-K with tail, or over the whole vocabulary (``ptd.support: full``, OPSD)."""
         ptd = self.cfg.ptd
         mp = m & torch.tensor([r.ptd for r in chunk], device=h.device)[:, None]
+        if ptd.support == "full":
+            return chunked_full_divergence(
+                h[mp], weight, teacher_hidden.to(device=h.device, dtype=h.dtype), teacher_weight.to(h.device),
+                beta=ptd.beta, divergence=ptd.divergence, temperature=self.cfg.temperature, chunk_size=ptd.chunk_size,
+            )
         return chunked_topk_jsd_loss(
             h[mp], weight, teacher_hidden=teacher_hidden.to(device=h.device, dtype=h.dtype),
             teacher_weight=teacher_weight.to(h.device), k=ptd.k, support=ptd.support, beta=ptd.beta,

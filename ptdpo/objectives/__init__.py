@@ -3,7 +3,9 @@ policy losses, the PTD mask and the total PTD-PO loss. All pure functions over t
 
 from ptdpo.objectives.chunked import DEFAULT_CHUNK_SIZE, chunked_token_logprobs, chunked_topk_jsd_loss
 from ptdpo.objectives.divergence import DIVERGENCES, SUPPORTS, full_jsd_loss, topk_jsd_loss
+from ptdpo.objectives.full_vocab import chunked_full_divergence
 from ptdpo.objectives.loss import KL_NORMALIZERS, LossCounts, ptdpo_loss
+from ptdpo.objectives.perception import PERCEPTION_KL_CLAMP, perception_kl, perception_terms
 from ptdpo.objectives.policy import (
     ADVANTAGE_ESTIMATORS,
     CLIP_PRESETS,
@@ -29,7 +31,7 @@ from ptdpo.objectives.policy import (
     register_advantage_fn,
     register_policy_loss_fn,
 )
-from ptdpo.objectives.ptd_mask import group_stats, ptd_mask, ref_kl_group_mask
+from ptdpo.objectives.ptd_mask import SELECT_RULES, cliff_mask, group_stats, ptd_mask, ref_kl_group_mask
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -41,12 +43,16 @@ __all__ = [
     "KL_NORMALIZERS",
     "LOSS_AGG_MODES",
     "LossCounts",
+    "PERCEPTION_KL_CLAMP",
     "POLICY_LOSSES",
+    "SELECT_RULES",
     "SUPPORTS",
     "aggregate_loss",
     "broadcast_advantages",
+    "chunked_full_divergence",
     "chunked_token_logprobs",
     "chunked_topk_jsd_loss",
+    "cliff_mask",
     "drgrpo_advantage",
     "full_jsd_loss",
     "get_advantage_fn",
@@ -60,6 +66,8 @@ __all__ = [
     "kl_k3",
     "kl_penalty",
     "overlong_reward_penalty",
+    "perception_kl",
+    "perception_terms",
     "ppo_clip_loss",
     "ptd_mask",
     "ptdpo_loss",

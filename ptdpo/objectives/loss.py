@@ -1,6 +1,6 @@
 """The total PTD-PO loss of one micro-batch (METHOD.md 2.7), as one pure function.
 
-    L = L_RL + kl_coef * KL_ref + lambda_ptd * L_PTD
+    L = L_RL + kl_coef * KL_ref + L_PAPO + lambda_ptd * L_PTD
 
     L_RL   = the policy loss (PPO clip for GRPO / DAPO, GSPO's sequence ratio) of the policy-gradient
              tokens, reduced by ``aggregate_loss`` with the step's global normaliser: N_pg_tok for
@@ -11,8 +11,12 @@
              policy-gradient tokens (token-mean: (1 / N_pg_tok) sum_{(i,t) in KL} k_it), so a group whose
              KL PTD switches off counts as zero KL rather than shrinking the denominator;
              ``"kl_tokens"``: (1 / N_kl) sum_{(i,t) in KL} k_it, the mean over the tokens with KL on;
-    L_PTD  = (1 / N_ptd) sum_{(i,t) in PTD} D_t, D_t the Top-K divergence of PTD token t (computed
-             from hidden states by ``chunked_topk_jsd_loss``).
+    L_PAPO = PAPO's perception terms (``ptdpo.objectives.perception``), only when the masked-image
+             log-probs are given: -gamma KL_prcp + eta_1 H + eta_2 H_mask per policy-gradient token,
+             aggregated like L_RL;
+    L_PTD  = (1 / N_ptd) sum_{(i,t) in PTD} D_t, D_t the divergence of distillation token t (computed
+             from hidden states by ``chunked_topk_jsd_loss`` or ``chunked_full_divergence``): PTD's
+             term, or OPSD's / HDPO's distillation term, which take its place (docs/baselines.md).
 
 Every N is a count over the whole optimizer step (all micro-batches, all data-parallel ranks), given
 in :class:`LossCounts`. A micro-batch's loss is then its exact share of the step's loss: summed over
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from ptdpo.config import ALGO_DEFAULTS, DUAL_CLIP_C
+from ptdpo.objectives.perception import PERCEPTION_KL_CLAMP, perception_terms
 from ptdpo.objectives.policy import (
     _at_least_one,
     aggregate_loss,
@@ -38,6 +43,9 @@ from ptdpo.objectives.policy import (
 
 PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 KL_NORMALIZERS = ("all_tokens", "kl_tokens")
+# the token sums of PAPO's per-token parts, as ``parts`` names them
+PAPO_SUMS = {"perception_kl": "perception_kl_sum", "entropy": "papo_entropy_sum",
+             "masked_entropy": "papo_masked_entropy_sum"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,7 @@ def ptdpo_loss(
     ref_log_prob: torch.Tensor | None = None,
     kl_mask: torch.Tensor | None = None,
     ptd_divergence: torch.Tensor | None = None,
+    masked_log_prob: torch.Tensor | None = None,
     kl_coef: float = 0.0,
     lambda_ptd: float = 0.0,
     kl_estimator: str = "k3",
@@ -81,14 +90,22 @@ def ptdpo_loss(
     dual_clip_c: float | None = DUAL_CLIP_C,
     loss_agg_mode: str = "token-mean",
     max_response_len: int | None = None,
+    perception_coef: float = 0.0,
+    entropy_coef: float = 0.0,
+    masked_entropy_coef: float = 0.0,
+    perception_kl_clamp: float | None = PERCEPTION_KL_CLAMP,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """This micro-batch's share of L = L_RL + kl_coef * KL_ref + lambda_ptd * L_PTD (module docstring).
+    """This micro-batch's share of L = L_RL + kl_coef * KL_ref + L_PAPO + lambda_ptd * L_PTD (module
+    docstring).
 
     Shapes: B rollouts, T response positions. ``log_prob`` / ``old_log_prob`` [B, T] are the log-probs
     of the sampled tokens under pi_theta (with gradient) and pi_old; ``advantages`` [B] or [B, T];
     ``pg_mask`` [B, T] the policy-gradient tokens. ``ref_log_prob`` [B, T] and ``kl_mask`` [B, T] (a
     subset of ``pg_mask``) give the reference KL term. ``ptd_divergence`` holds D_t of the
-    micro-batch's PTD tokens (any shape, every entry a PTD token).
+    micro-batch's PTD tokens (any shape, every entry a PTD token). ``masked_log_prob`` [B, T]: the
+    sampled tokens' log-probs with the masked images (PAPO; with gradient, or detached for the released
+    one-sided form), weighted by ``perception_coef`` (gamma), ``entropy_coef`` (eta_1) and
+    ``masked_entropy_coef`` (eta_2).
 
     A term whose inputs are not given is absent: no ``log_prob``, no L_RL and no KL; no
     ``ref_log_prob``, no KL (pass it only when the run has the KL term: kl_coef > 0); no
@@ -99,8 +116,9 @@ def ptdpo_loss(
     passes its own with ``**TrainConfig.loss_options()``.
 
     Returns (loss, parts); parts are detached 0-dim tensors: ``pg_loss``, ``kl_ref``, ``ptd_loss``
-    (each term's share, unweighted), ``kl_ref_sum`` and ``ptd_loss_sum`` (token sums, for exact
-    means after summing over micro-batches and ranks), and the policy loss's statistics.
+    (each term's share, unweighted), ``papo_loss`` (L_PAPO's share, weighted), ``kl_ref_sum``,
+    ``ptd_loss_sum``, ``perception_kl_sum``, ``papo_entropy_sum`` and ``papo_masked_entropy_sum`` (token
+    sums, for exact means after summing over micro-batches and ranks), and the policy loss's statistics.
     """
     if kl_normalizer not in KL_NORMALIZERS:
         raise ValueError(f"ptdpo_loss: kl_normalizer must be one of {KL_NORMALIZERS}, got {kl_normalizer!r}")
@@ -133,8 +151,20 @@ def ptdpo_loss(
             pieces.append(kl_coef * kl_share)
             parts["kl_ref_sum"] = kl_sum.detach()
             parts["kl_ref"] = kl_share.detach()
+        if masked_log_prob is not None:
+            papo_tok, terms = perception_terms(log_prob, masked_log_prob, perception_coef, entropy_coef,
+                                               masked_entropy_coef, perception_kl_clamp)
+            papo_share = aggregate_loss(papo_tok, pg_mask, loss_agg_mode, counts.pg_normalizer(loss_agg_mode),
+                                        max_response_len)
+            pieces.append(papo_share)
+            parts["papo_loss"] = papo_share.detach()
+            on = pg_mask.bool()
+            for name, values in terms.items():
+                parts[PAPO_SUMS[name]] = values.detach()[on].sum()
     elif ref_log_prob is not None:
         raise ValueError("ptdpo_loss: the reference KL needs log_prob (the policy's log-probs)")
+    elif masked_log_prob is not None:
+        raise ValueError("ptdpo_loss: the perception terms need log_prob (the policy's log-probs)")
     if ptd_divergence is not None:
         share = reduce_ptd_loss(ptd_divergence, counts.ptd_tokens)
         pieces.append(lambda_ptd * share)

@@ -10,6 +10,10 @@ import torch
 
 from ptdpo.objectives.policy import group_index
 
+# Which rollouts the distillation term selects: PTD's rule (failed rollouts of groups below tau_ptd), or
+# every rollout whose item has the teacher context (OPSD: the released code's enable_opsd).
+SELECT_RULES = ("tau", "all")
+
 
 def _as_bool(x, name: str, size: int) -> torch.Tensor:
     x = torch.as_tensor(x)
@@ -31,15 +35,19 @@ def ptd_mask(
     all_trajectories: bool = False,
     skip_truncated: bool = False,
     truncated: torch.Tensor | None = None,
+    select: str = "tau",
 ) -> torch.Tensor:
     """Boolean [B]: rollouts that receive the PTD term.
 
-    For each group g: group_acc = #{accuracy_i = 1} / G_g. If group_acc < tau_ptd, every
-    rollout of g with accuracy_i < 1 is a PTD rollout (every rollout of g if
-    ``all_trajectories``). Rollouts without a (passing) hint never get PTD; truncated rollouts
-    are excluded when ``skip_truncated``. With tau_ptd = 1.0 (paper): every failed rollout of
-    every group that is not all-correct.
+    ``select="tau"`` (PTD): for each group g, group_acc = #{accuracy_i = 1} / G_g. If group_acc < tau_ptd,
+    every rollout of g with accuracy_i < 1 is a PTD rollout (every rollout of g if
+    ``all_trajectories``). With tau_ptd = 1.0 (paper): every failed rollout of every group that is not
+    all-correct. ``select="all"`` (OPSD): every rollout, whatever its group's accuracy or its own
+    (``tau_ptd`` and ``all_trajectories`` unused). Either way rollouts without a (passing) hint never get
+    PTD, and truncated rollouts are excluded when ``skip_truncated``.
     """
+    if select not in SELECT_RULES:
+        raise ValueError(f"select must be one of {SELECT_RULES}, got {select!r}")
     accuracy = torch.as_tensor(accuracy)
     if accuracy.dim() != 1:
         raise ValueError(f"accuracy must be 1-D [B], got shape {tuple(accuracy.shape)}")
@@ -51,10 +59,12 @@ def ptd_mask(
     has_hint = _as_bool(has_hint, "has_hint", size).to(accuracy.device)
     correct = accuracy >= 1.0
     group_acc = _per_group(correct, idx, n_groups) / _per_group(torch.ones_like(correct), idx, n_groups)
-    eligible_group = (group_acc < tau_ptd)[idx]
-    mask = eligible_group & has_hint
-    if not all_trajectories:
-        mask &= ~correct
+    if select == "all":
+        mask = has_hint.clone()
+    else:
+        mask = (group_acc < tau_ptd)[idx] & has_hint
+        if not all_trajectories:
+            mask &= ~correct
     if skip_truncated:
         if truncated is None:
             raise ValueError("skip_truncated=True needs the truncated [B] flags")
@@ -74,6 +84,17 @@ def ref_kl_group_mask(ptd: torch.Tensor, group_ids: torch.Tensor) -> torch.Tenso
         raise ValueError(f"ptd mask {tuple(ptd.shape)} and group_ids {tuple(idx.shape)} differ in shape")
     idx = idx.to(ptd.device)
     return (_per_group(ptd, idx, n_groups) > 0)[idx]
+
+
+def cliff_mask(accuracy: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """Boolean [B]: the rollout's group is a "cliff" group (HDPO, arXiv 2603.23871): every rollout of the
+    group failed (accuracy < 1), so the group-relative advantages, and with them the RL gradient, are zero."""
+    accuracy = torch.as_tensor(accuracy)
+    idx, n_groups = group_index(group_ids)
+    if idx.shape != accuracy.shape:
+        raise ValueError(f"accuracy {tuple(accuracy.shape)} and group_ids {tuple(idx.shape)} differ in shape")
+    idx = idx.to(accuracy.device)
+    return (_per_group(accuracy >= 1.0, idx, n_groups) == 0)[idx]
 
 
 def group_stats(accuracy: torch.Tensor, group_ids: torch.Tensor) -> dict[str, float]:

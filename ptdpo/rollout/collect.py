@@ -1,13 +1,14 @@
 """Rollout collection of one training step (METHOD.md 2.1-2.4): sample G rollouts per prompt from the
 answer-free prompt, reward them, refill with new prompts while DAPO's dynamic sampling lacks informative
-groups, then set advantages, the PTD mask and the reference-KL mask.
+groups, then set advantages, the PTD mask and the reference-KL mask; with HDPO, add the correct privileged
+rollouts of the cliff groups (``ptdpo.rollout.privileged``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ptdpo import distributed as dist_utils
@@ -20,6 +21,7 @@ from ptdpo.objectives import get_advantage_fn, overlong_reward_penalty
 from ptdpo.prompts import build_messages
 from ptdpo.rewards import score_batch
 from ptdpo.rollout.groups import assign_advantages_and_masks, mark_uniform_groups, trim_groups
+from ptdpo.rollout.privileged import privileged_round
 from ptdpo.rollout.records import EncodedPrompt, Rollout
 from ptdpo.sampler import EpochSampler
 
@@ -87,6 +89,7 @@ def score_rollouts(rollouts: list[Rollout], items: Sequence[Item], cfg: TrainCon
 class Collected:
     rollouts: list[Rollout]
     reward_time: float  # seconds spent scoring (inside the collection time)
+    counts: dict[str, float] = field(default_factory=dict)  # this rank's counts to sum over ranks (HDPO's)
 
 
 class RolloutCollector:
@@ -130,8 +133,31 @@ class RolloutCollector:
         if cfg.dynamic_sampling:
             trim_groups(rollouts, per_rank)
         context = [has_teacher_context(self.items[r.item_index], self.hints, cfg.ptd.teacher_context) for r in rollouts]
-        assign_advantages_and_masks(rollouts, self.advantage_fn, context, cfg.ptd)
-        return Collected(rollouts, reward_time)
+        assign_advantages_and_masks(rollouts, self.advantage_fn, context, cfg.ptd, cfg.policy_gradient)
+        counts: dict[str, float] = {}
+        if cfg.hdpo.enabled:
+            scoring = [0.0]
+            extra = self._privileged(rollouts, step, scoring)
+            reward_time += scoring[0]
+            rollouts.extend(extra.kept)
+            counts = extra.metrics()
+        return Collected(rollouts, reward_time, counts)
+
+    def _privileged(self, rollouts: list[Rollout], step: int, scoring: list[float]):
+        """HDPO's extra round: privileged rollouts of the cliff groups, the correct ones kept; the seconds
+        spent scoring them are added to ``scoring[0]``."""
+        cfg = self.cfg
+
+        def encode(messages: list[list[dict]], items: list[Item]) -> list[EncodedPrompt]:
+            return encode_messages(self.processor, messages, items, cfg.enable_thinking)
+
+        def score(new: list[Rollout]) -> None:
+            t = time.perf_counter()
+            score_rollouts(new, self.items, cfg, self.reward_fn)
+            scoring[0] += time.perf_counter() - t
+
+        return privileged_round(rollouts, self.items, self.hints, self.engine, cfg, step, encode, score,
+                                has_context=lambda it: has_teacher_context(it, self.hints, cfg.hdpo.context))
 
     def _sample(self, item_indices: list[int], step: int, first_group: int, rnd: int) -> list[Rollout]:
         """G rollouts for each item, all in one engine call. Each group samples with its own seed, a

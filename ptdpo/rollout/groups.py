@@ -49,10 +49,12 @@ def assign_advantages_and_masks(
     advantage_fn: Callable[..., torch.Tensor],
     has_teacher_context: Sequence[bool],
     ptd: PTDConfig,
+    policy_gradient: bool = True,
 ) -> None:
     """Set each rollout's ``advantage`` (over its group), ``ptd`` (it gets the distillation term) and
     ``ref_kl`` (its reference KL stays on). ``has_teacher_context[i]``: rollout i's item has a usable
-    teacher context (an audited hint, or a solution), the condition for PTD."""
+    teacher context (an audited hint, or a solution), the condition for PTD. ``policy_gradient`` false
+    (OPSD): no rollout is in the policy-gradient term."""
     groups = torch.tensor([r.group for r in rollouts])
     rewards = torch.tensor([r.reward for r in rollouts], dtype=torch.float64)
     adv = advantage_fn(rewards, groups)
@@ -65,6 +67,7 @@ def assign_advantages_and_masks(
             all_trajectories=ptd.ptd_all_trajectories,
             skip_truncated=ptd.ptd_skip_truncated,
             truncated=torch.tensor([r.truncated for r in rollouts]),
+            select=ptd.select,
         )
     else:
         pm = torch.zeros(len(rollouts), dtype=torch.bool)
@@ -73,6 +76,7 @@ def assign_advantages_and_masks(
         r.advantage = float(adv[i])
         r.ptd = ptd.distills and bool(pm[i]) and (r.in_pg or ptd.ptd_on_filtered_groups)
         r.ref_kl = not bool(kl_off[i])
+        r.in_pg = r.in_pg and policy_gradient
 
 
 def minibatches(rollouts: list[Rollout], groups_per_minibatch: int) -> list[list[Rollout]]:
@@ -86,7 +90,10 @@ def minibatches(rollouts: list[Rollout], groups_per_minibatch: int) -> list[list
 
 
 def rollout_stats(rollouts: list[Rollout]) -> dict[str, float]:
-    """This rank's rollout statistics of the step (means over its rollouts; ``response_tokens`` a sum)."""
+    """This rank's rollout statistics of the step (means over its rollouts; ``response_tokens`` a sum). The
+    privileged rollouts of HDPO are not the policy's own samples: they are left out here (the collector
+    reports them)."""
+    rollouts = [r for r in rollouts if not r.privileged]
     acc = torch.tensor([r.accuracy for r in rollouts])
     gs = group_stats(acc, torch.tensor([r.group for r in rollouts]))
     lengths = torch.tensor([r.completion.numel() for r in rollouts], dtype=torch.float)

@@ -34,6 +34,9 @@ class Rollout:
     in_pg: bool = True  # contributes to the policy-gradient term (DAPO drops uniform groups)
     ptd: bool = False
     ref_kl: bool = True  # reference-KL on (off for PTD groups with mask_ref_kl_on_ptd_groups)
+    # HDPO: sampled from the privileged prompt (the ground truth in context), not from the student's;
+    # ``prompt`` is still the student's answer-free prompt, the one the distillation scores it with
+    privileged: bool = False
     old_logprobs: torch.Tensor | None = None  # [T]
     ref_logprobs: torch.Tensor | None = None  # [T]
     extras: dict[str, Any] = field(default_factory=dict)
