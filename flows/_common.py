@@ -93,11 +93,24 @@ class BadRunConfig(MetaflowException):
 
 def parse_config(text: str) -> dict[str, Any]:
     """The ``Config`` parser: ``ptdpo.run_config.parse_run_config`` (JSON, ``extends``, every value
-    checked); its problems become one :class:`BadRunConfig`."""
+    checked, relative paths taken from the config file's folder); its problems become one
+    :class:`BadRunConfig`."""
     try:
-        return parse_run_config(text)
+        return parse_run_config(text, config_file(sys.argv))
     except RunConfigError as e:
         raise BadRunConfig(str(e)) from None
+
+
+def config_file(argv: list[str]) -> Path | None:
+    """The config file this command line names (``--config config PATH``; Metaflow hands the parser the
+    file's text only), the default config without one, None for ``--config-value`` (a text from no file:
+    relative paths in it then stay relative to the working directory)."""
+    for i, arg in enumerate(argv[:-2]):
+        if arg == "--config" and argv[i + 1] == "config":
+            return Path(argv[i + 2]).expanduser().resolve()
+    if "--config-value" in argv:
+        return None
+    return DEFAULT_CONFIG
 
 
 # ------------------------------------------------------------------ decorator arguments from config

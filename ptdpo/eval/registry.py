@@ -161,6 +161,9 @@ class BenchmarkSpec:
             d["meta_columns"] = meta_cols
         if self.limit is not None and not self.filters:
             d["limit"] = self.limit if d.get("limit") is None else min(d["limit"], self.limit)
+        if self.hub and d.get("format") != "synthetic":
+            # a public set's spec is written against its published columns: the unread ones are known
+            d.setdefault("ignore_columns", True)
         return d
 
 
