@@ -21,8 +21,9 @@ must bind to the generator's constructor, with the types it declares.
 ``prompt`` (the prompt template of the whole run: ``{"template": "boxed"}``, the default, or
 ``"answer_tags"``; it becomes ``train.prompt_template``, which a file must not set itself),
 ``data``, ``hints`` (needed when ``train.ptd`` uses hints), ``train``, ``eval``, ``resources.<step>``,
-``retry.<step>``, ``timeout.<step>``, ``kubernetes``, ``schedule``, ``report``; their types and
-builders are in ``ptdpo.run_sections``.
+``retry.<step>``, ``timeout.<step>``, ``kubernetes``, ``schedule``, ``report``, ``tracking``
+(TensorBoard by default, MLflow / W&B when set, the live card's refresh: ``ptdpo.tracking``); their types
+and builders are in ``ptdpo.run_sections``.
 The Metaflow wiring that moves them into decorators is ``flows/_common.py``.
 """
 
@@ -65,11 +66,13 @@ from ptdpo.run_sections import (
     retry_section,
     schedule_section,
     timeout_section,
+    tracking_section,
 )
+from ptdpo.tracking import TrackingSection
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SECTIONS = ("name", "project", "description", "notes", "seed", "extends", "prompt", "data", "hints", "train",
-            "eval", "resources", "retry", "timeout", "kubernetes", "schedule", "report")
+            "eval", "resources", "retry", "timeout", "kubernetes", "schedule", "report", "tracking")
 REQUIRED_SECTIONS = ("name", "project", "data", "train", "eval", "resources")
 
 
@@ -212,6 +215,7 @@ class RunConfig:
     kubernetes: dict[str, Any] = field(default_factory=dict)  # checked keys; read by flows/_common.py
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     report: ReportSection = field(default_factory=ReportSection)
+    tracking: TrackingSection = field(default_factory=TrackingSection)
     extends_chain: list[str] = field(default_factory=list)
 
     @property
@@ -284,13 +288,14 @@ def run_config_from_dict(cfg: dict[str, Any]) -> RunConfig:
     problems += kubernetes_problems(cfg.get("kubernetes") or {})
     schedule = collect(problems, lambda: schedule_section(cfg.get("schedule") or {}))
     report = collect(problems, lambda: build(ReportSection, cfg.get("report") or {}, "report"))
+    tracking = collect(problems, lambda: tracking_section(cfg.get("tracking") or {}))
     if problems:
         raise RunConfigError(problems, cfg.get("name") if isinstance(cfg.get("name"), str) else None)
     return RunConfig(
         name=cfg["name"], project=cfg["project"], data=data, train=train, eval=ev, resources=resources,
         prompt=prompt, hints=hints, description=cfg.get("description"), notes=cfg.get("notes"), seed=cfg.get("seed", 0),
         retry=retry, timeout=timeout, kubernetes=cfg.get("kubernetes") or {}, schedule=schedule, report=report,
-        extends_chain=cfg.get("extends_chain", []),
+        tracking=tracking, extends_chain=cfg.get("extends_chain", []),
     )
 
 
@@ -299,7 +304,8 @@ __all__ = [  # the run config and, for the steps and scripts that take one secti
     "DataSection", "EvalSection", "HintAuditSection", "HintsSection", "PromptSection", "ReportSection", "RetrySpec",
     "resolve_config_paths",
     "RunConfig",
-    "RunConfigError", "ScheduleSection", "StepResources", "TrainResources", "data_section", "eval_section",
+    "RunConfigError", "ScheduleSection", "StepResources", "TrackingSection", "TrainResources", "data_section",
+    "eval_section",
     "generation_config", "hints_section", "kubernetes_attributes", "load_config_dict", "load_config_file",
     "load_run_config", "parse_run_config", "run_config_from_dict",
 ]
