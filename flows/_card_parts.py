@@ -144,7 +144,7 @@ class LiveTrainingCard:
         self.progress = ProgressBar(max=max(1, self.total), label="training steps", value=0)
         self.latest = Markdown("_Waiting for the first training step._")
         self.chart = Image(figure_png(curves_figure(pd.DataFrame({"step": []}), self.curves[:3])),
-                           label="training curves so far")
+                           label="training curves so far", disable_updates=False)
         for c in (Markdown(f"# {title}"),
                   say("This card refreshes while training runs; the full card replaces it when training ends."),
                   self.progress, self.latest, self.chart):
@@ -152,7 +152,12 @@ class LiveTrainingCard:
         self.card.refresh()
 
     def __call__(self, result: Any) -> None:
-        step, metrics = int(result.step), dict(result.metrics)
+        try:
+            self._update(int(result.step), dict(result.metrics))
+        except Exception as e:  # noqa: BLE001 - the live view never stops training
+            print(f"[ptdpo] live training card: not updated at step {result.step} ({type(e).__name__}: {e})")
+
+    def _update(self, step: int, metrics: dict[str, float]) -> None:
         self.rows.append({"step": step, **metrics})
         self.progress.update(step, metadata=f"step {step} of {self.total}")
         shown = " · ".join(f"**{k}** {fmt(float(metrics[k]))}" for k in self.HEADLINE if k in metrics)

@@ -44,7 +44,7 @@ def config_table(train_config: Mapping[str, Any]) -> Table:
 
 
 def training_components(metrics: pd.DataFrame, title: str = "Training", info: Mapping[str, Any] | None = None,
-                        train_config: Mapping[str, Any] | None = None) -> list:
+                        train_config: Mapping[str, Any] | None = None, with_glossary: bool = True) -> list:
     """Curves (a metric with nothing to draw says so in words), the per-step table in column groups that
     fit the page, the glossary of the metrics shown and (``train_config``, the flow's resolved
     ``train_config`` artifact) the configuration the run trained with."""
@@ -71,7 +71,8 @@ def training_components(metrics: pd.DataFrame, title: str = "Training", info: Ma
         out.append(say(f"Every metric of the last {min(len(df), 200)} logged steps, one row per step (long "
                        "tables are split into column groups, each starting with the step)."))
         out.extend(tables(df[keep].tail(200), key="step"))
-        out.extend(glossary_table(glossary(keep)))
+        if with_glossary:
+            out.extend(glossary_table(glossary(keep)))
     if train_config:
         out.append(Markdown("## Training config (resolved)"))
         out.append(say("The training options this run used, algorithm defaults filled in."))
@@ -178,10 +179,11 @@ def about_run(summary: Mapping[str, Any], config: Mapping[str, Any] | None) -> l
     if config:
         import json
 
-        shown = {k: v for k, v in config.items() if k not in ("kubernetes",)}
+        # the training options are the resolved table below; the pod settings say nothing about results
+        shown = {k: v for k, v in config.items() if k not in ("kubernetes", "train")}
         out.append(Markdown("### Resolved run config"))
         out.append(say("The whole config this run used, every extends applied and relative paths resolved "
-                       "(the kubernetes section left out)."))
+                       "(train: the resolved table below; kubernetes left out)."))
         out.append(Markdown("```json\n" + json.dumps(shown, indent=1, default=str)[:20000] + "\n```"))
     return out
 
@@ -237,11 +239,11 @@ def results_components(summary: Mapping[str, Any], comparison: pd.DataFrame, eva
                        images: Mapping[tuple, bytes] | None = None, notes: list[str] | None = None,
                        config: Mapping[str, Any] | None = None) -> list:
     """The report: results with a sentence per table, notes (e.g. why accuracy is 0), the accuracy chart
-    (or why there is none), sample predictions, every metric per benchmark and model, the glossary, the
-    run's data, hint generator and config, and the training curves."""
+    (or why there is none), sample predictions, the training curves, every evaluation metric per benchmark
+    and model, the glossary, the run's data, hint generator and config."""
     from ptdpo.eval.metrics import metric_meaning
     from ptdpo.metrics import glossary
-    from steps.report import relative_cell
+    from steps.report import CURVES, relative_cell
 
     out: list = [Markdown(f"# ptdpo run: {summary.get('name')}")]
     out.append(Markdown("## Results (accuracy) and deltas against the base model"))
@@ -257,7 +259,9 @@ def results_components(summary: Mapping[str, Any], comparison: pd.DataFrame, eva
     if summary.get("eval_errors"):
         out.append(Markdown(f"**Benchmarks that failed to evaluate:** {', '.join(summary['eval_errors'])}"))
     out.extend(sample_components(samples, images))
-    out.append(Markdown("## All metrics"))
+    if train_metrics is not None and len(train_metrics):
+        out.extend(training_components(train_metrics, title="Training", with_glossary=False)[1:])
+    out.append(Markdown("## All evaluation metrics"))
     out.append(say("Every evaluation metric, one row per benchmark and model (column groups split to fit)."))
     wide = eval_results.pivot_table(index=["benchmark", "model"], columns="metric", values="value",
                                     aggfunc="first", sort=False).reset_index() if len(eval_results) else eval_results
@@ -268,16 +272,11 @@ def results_components(summary: Mapping[str, Any], comparison: pd.DataFrame, eva
     out.extend(tables(wide))
     eval_names = [c for c in (list(wide.columns[1:]) if len(eval_results) else []) if metric_meaning(c)]
     entries = [(n, metric_meaning(n)) for n in eval_names + ["Δabs", "Δrel%"]]
-    from steps.report import CURVES
-
-    entries += glossary([c for c, _ in CURVES] + ["truncated_frac"])
+    entries += [(f"{n} (training)", meaning) for n, meaning in glossary([c for c, _ in CURVES] + ["truncated_frac"])]
     out.extend(glossary_table(entries))
     out.extend(about_run(summary, config))
     if summary.get("train_config"):
         out.append(Markdown("## Training config (resolved)"))
         out.append(say("The training options this run used, algorithm defaults filled in."))
         out.append(config_table(summary["train_config"]))
-    if train_metrics is not None and len(train_metrics):
-        out.extend(training_components(train_metrics, title="Training curves",
-                                       train_config=None)[1:])
     return out

@@ -101,7 +101,8 @@ def test_the_flow_reads_the_config_path_from_its_command_line():
     from _common import DEFAULT_CONFIG, config_file
 
     assert config_file(["flow.py", "--config", "config", "x/c.json", "run"]) == (Path.cwd() / "x/c.json").resolve()
-    assert config_file(["flow.py", "run"]) == DEFAULT_CONFIG
+    assert config_file(["flows/ptdpo_flow.py", "run"]) == DEFAULT_CONFIG
+    assert config_file(["pytest", "tests"]) is None  # not a flow's command line: nothing known
     assert config_file(["flow.py", "--config-value", "config", "{}", "run"]) is None
 
 
