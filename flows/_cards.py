@@ -63,8 +63,9 @@ def training_components(metrics: pd.DataFrame, title: str = "Training", info: Ma
         out.append(say("One panel per metric, by training step; a metric that stayed at zero (or was never "
                        "measured) says so in its panel. Meanings: the glossary below."))
         out.append(Image(figure_png(curves_figure(df, curves)), label="training curves"))
-        limit = (train_config or {}).get("max_response_length")
-        out.extend(Markdown(f"**Note.** {n}") for n in truncation_notes(None, None, df, limit))
+        if train_config:  # the report says it once at its top
+            limit = train_config.get("max_response_length")
+            out.extend(Markdown(f"**Note.** {n}") for n in truncation_notes(None, None, df, limit))
         keep = ["step"] + [c for c, _ in curves] + [c for c in ("truncated_frac", "kl_ref", "grad_norm", "lr",
                                                                  "time_step") if c in df]
         out.append(Markdown("## Per-step metrics"))
