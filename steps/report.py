@@ -67,11 +67,9 @@ def training_summary(train_metrics: pd.DataFrame, last: int = 5) -> dict[str, An
 
 def hint_generator(config: Mapping[str, Any], resolved_train: Mapping[str, Any]) -> str:
     """Which hint generator the run used, in words (without secrets: the generator's name, model, URL)."""
-    ptd = resolved_train.get("ptd") or {}
-    # PTDConfig.uses_hints, read from the resolved dict
-    uses = (ptd.get("enabled", True) and (ptd.get("lambda_ptd", 0) > 0 or ptd.get("mask_only", False))
-            and ptd.get("teacher_context", "hint") == "hint")
-    if not uses:
+    from ptdpo.config import train_config_from_dict
+
+    if resolved_train and not train_config_from_dict(dict(resolved_train)).ptd.uses_hints:
         return "none: this run uses no hints (train.ptd.enabled is false, or the teacher sees no hint)"
     gen = (config.get("hints") or {}).get("generator") or {}
     parts = [str(gen.get("name", "?"))]
