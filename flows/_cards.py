@@ -1,7 +1,10 @@
-"""Card contents for the flows: training curves, the audit summary, the results table.
+"""Card contents for the flows: the training card, the audit summary, the report.
 
 Each function returns a list of Metaflow card components; the flow appends them to ``current.card``.
-Plots are matplotlib figures embedded as PNG (``Image.from_matplotlib``), tables are ``Table``s.
+Cards are read by people: every table and chart has a sentence saying what it shows, metrics have a
+glossary (``ptdpo.metrics``, ``ptdpo.eval.metrics.EVAL_METRICS``), numbers that cannot be shown are said
+in words (a chart of zeros, a relative change against a zero base, outputs cut at the token limit), and
+tables are cut to fit a 1200-px page (``_card_parts``). Plots are matplotlib figures embedded as PNG.
 """
 
 from __future__ import annotations
@@ -21,13 +24,6 @@ def _plt():
 
 def _fmt(v: Any, digits: int = 4) -> str:
     return fmt(v, digits)
-
-
-def _table(df: pd.DataFrame, digits: int = 4, max_rows: int = 200) -> Table:
-    """One table (the audit's, whose columns are few); wide frames go through ``_card_parts.tables``."""
-    df = df.head(max_rows)
-    rows = [[_fmt(v, digits) for v in row] for row in df.itertuples(index=False)]
-    return Table(rows, headers=[str(c) for c in df.columns])
 
 
 # ------------------------------------------------------------------------------------------ training

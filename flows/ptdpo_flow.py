@@ -31,8 +31,9 @@ Training takes one of two branches, chosen by ``audit`` (a switch on ``train_lay
 Artifacts a script may rely on: ``config`` (the config file, ``extends`` resolved), ``run_config`` (the
 same, typed and checked: ``ptdpo.run_config.RunConfig``, what the steps read), ``data_manifest``,
 ``hints`` (table) with ``hints_hash``, ``audit_report`` (with ``audit_verdicts``), ``train_metrics`` (one
-row per step), ``policy`` (the ``@model`` reference of the trained weights), ``eval_results`` (benchmark,
-model, metric, value, n), ``eval_comparison``, ``summary``; also ``versions``, ``train_config``, ``resumed_from_step``,
+row per step), ``tensorboard_logs`` (the same as TensorBoard event files: ``ptdpo.tracking``), ``policy``
+(the ``@model`` reference of the trained weights), ``eval_results`` (benchmark, model, metric, value, n),
+``eval_comparison``, ``eval_samples`` (a few predictions per benchmark and model), ``summary``; also ``versions``, ``train_config``, ``resumed_from_step``,
 ``resumed_from``, ``final_step`` and ``train_world_size`` (processes that trained together), the same
 on both branches (``run.data.<name>``); multi-node runs add ``nodes_resumed_from`` (per node)."""
 
