@@ -41,8 +41,9 @@ class TrackingError(RuntimeError):
 
 @dataclass
 class MLflowSection:
-    """``tracking.mlflow``: an MLflow tracking server (``tracking_uri``; None: MLflow's own default, e.g.
-    ``$MLFLOW_TRACKING_URI`` or ``./mlruns``), the experiment and the run name (default: the flow run)."""
+    """``tracking.mlflow``: an MLflow tracking server (``tracking_uri``: ``http://mlflow:5000``,
+    ``sqlite:///mlflow.db``; None: MLflow's own default, ``$MLFLOW_TRACKING_URI`` first), the experiment and
+    the run name (default: the flow run)."""
 
     tracking_uri: str | None = None
     experiment: str = "ptdpo"
