@@ -1,41 +1,29 @@
-"""Card contents for the flows: training curves, the audit summary, the results table.
+"""Card contents for the flows: the training card, the audit summary, the report.
 
 Each function returns a list of Metaflow card components; the flow appends them to ``current.card``.
-Plots are matplotlib figures embedded as PNG (``Image.from_matplotlib``), tables are ``Table``s.
+Cards are read by people: every table and chart has a sentence saying what it shows, metrics have a
+glossary (``ptdpo.metrics``, ``ptdpo.eval.metrics.EVAL_METRICS``), numbers that cannot be shown are said
+in words (a chart of zeros, a relative change against a zero base, outputs cut at the token limit), and
+tables are cut to fit a 1200-px page (``_card_parts``). Plots are matplotlib figures embedded as PNG.
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
+from _card_parts import curves_figure, figure_png, fmt, glossary_table, plt, say, series_state, tables
 from metaflow.cards import Image, Markdown, Table
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return plt()
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "–"
-        return f"{v:.{digits}g}"
-    return str(v)
-
-
-def _table(df: pd.DataFrame, digits: int = 4, max_rows: int = 200) -> Table:
-    df = df.head(max_rows)
-    rows = [[_fmt(v, digits) for v in row] for row in df.itertuples(index=False)]
-    return Table(rows, headers=[str(c) for c in df.columns])
+    return fmt(v, digits)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -52,40 +40,40 @@ def config_table(train_config: Mapping[str, Any]) -> Table:
 
 
 def training_components(metrics: pd.DataFrame, title: str = "Training", info: Mapping[str, Any] | None = None,
-                        train_config: Mapping[str, Any] | None = None) -> list:
-    """Curves, the per-step table and (``train_config``, the flow's resolved ``train_config`` artifact)
-    the configuration the run trained with."""
-    from steps.report import CURVES
+                        train_config: Mapping[str, Any] | None = None, with_glossary: bool = True) -> list:
+    """Curves (a metric with nothing to draw says so in words), the per-step table in column groups that
+    fit the page, the glossary of the metrics shown and (``train_config``, the flow's resolved
+    ``train_config`` artifact) the configuration the run trained with."""
+    from ptdpo.metrics import glossary
+    from steps.report import CURVES, truncation_notes
 
     out: list = [Markdown(f"# {title}")]
     if info:
         out.append(Markdown("  \n".join(f"**{k}**: {v}" for k, v in info.items())))
-    if train_config:
-        out.append(Markdown("## Training config (resolved)"))
-        out.append(config_table(train_config))
     if metrics is None or len(metrics) == 0:
         out.append(Markdown("_No training steps were logged._"))
-        return out
-    df = metrics.sort_values("step")
-    curves = [(c, label) for c, label in CURVES if c in df.columns]
-    plt = _plt()
-    ncol = 3
-    nrow = max(1, math.ceil(len(curves) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 2.8 * nrow), squeeze=False)
-    for ax, (col, label) in zip(axes.flat, curves):
-        ax.plot(df["step"], df[col], marker="o", markersize=2.5, linewidth=1.2)
-        ax.set_title(label, fontsize=10)
-        ax.set_xlabel("step", fontsize=8)
-        ax.grid(alpha=0.3)
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(curves):]:
-        ax.axis("off")
-    fig.tight_layout()
-    out.append(Image.from_matplotlib(fig, label="training curves"))
-    plt.close(fig)
-    keep = ["step"] + [c for c, _ in curves] + [c for c in ("kl_ref", "grad_norm", "lr", "time_step") if c in df]
-    out.append(Markdown("## Per-step metrics"))
-    out.append(_table(df[keep]))
+    else:
+        df = metrics.sort_values("step")
+        curves = [(c, label) for c, label in CURVES if c in df.columns]
+        out.append(Markdown("## Training curves"))
+        out.append(say("One panel per metric, by training step; a metric that stayed at zero (or was never "
+                       "measured) says so in its panel. Meanings: the glossary below."))
+        out.append(Image(figure_png(curves_figure(df, curves)), label="training curves"))
+        if train_config:  # the report says it once at its top
+            limit = train_config.get("max_response_length")
+            out.extend(Markdown(f"**Note.** {n}") for n in truncation_notes(None, None, df, limit))
+        keep = ["step"] + [c for c, _ in curves] + [c for c in ("truncated_frac", "kl_ref", "grad_norm", "lr",
+                                                                 "time_step") if c in df]
+        out.append(Markdown("## Per-step metrics"))
+        out.append(say(f"Every metric of the last {min(len(df), 200)} logged steps, one row per step (long "
+                       "tables are split into column groups, each starting with the step)."))
+        out.extend(tables(df[keep].tail(200), key="step"))
+        if with_glossary:
+            out.extend(glossary_table(glossary(keep)))
+    if train_config:
+        out.append(Markdown("## Training config (resolved)"))
+        out.append(say("The training options this run used, algorithm defaults filled in."))
+        out.append(config_table(train_config))
     return out
 
 
@@ -119,8 +107,11 @@ def audit_components(report: Mapping[str, Any], verdicts: pd.DataFrame | None, h
         out.append(Markdown("```\n" + str(report["summary"]) + "\n```"))
     scalars = {k: v for k, v in report.items() if not isinstance(v, dict | list) and k != "summary"}
     if scalars:
+        out.append(say("The audit's numbers: how many hints were checked, the pass rate and the floor below "
+                       "which the run stops."))
         out.append(Table([[k, _fmt(v)] for k, v in scalars.items()], headers=["", "value"]))
     if verdicts is not None and len(verdicts):
+        out.append(say("Hints that passed, were rejected as spoilers or malformed, or were never written."))
         out.append(_verdict_chart(verdicts, report.get("floor")))
     reasons = Counter({str(k): int(v) for k, v in (report.get("reason_counts") or {}).items()})
     if not reasons and verdicts is not None and len(verdicts) and "reasons" in verdicts:
@@ -134,12 +125,14 @@ def audit_components(report: Mapping[str, Any], verdicts: pd.DataFrame | None, h
         ax.set_xlabel("hints flagged")
         ax.set_title("audit reasons")
         fig.tight_layout()
+        out.append(say("Why hints were rejected, by reason (a hint may have several)."))
         out.append(Image.from_matplotlib(fig, label="audit reasons"))
         plt.close(fig)
         out.append(Table([[k, v] for k, v in reasons.most_common()], headers=["reason", "hints"]))
     by_gen = report.get("by_generator") or {}
     if by_gen:
         out.append(Markdown("## By generator"))
+        out.append(say("Pass rate per hint generator and model."))
         out.append(Table([[g, v.get("n"), v.get("passed"), _fmt(v.get("pass_rate"))] for g, v in by_gen.items()],
                          headers=["generator", "hints", "passed", "pass rate"]))
     if verdicts is None or len(verdicts) == 0:
@@ -150,6 +143,8 @@ def audit_components(report: Mapping[str, Any], verdicts: pd.DataFrame | None, h
     if len(rejected) == 0:
         out.append(Markdown("_Every hint passed._"))
         return out
+    out.append(say(f"The first {min(len(rejected), max_examples)} rejected hints: the item, why, and the hint's "
+                   "text."))
     rows = []
     for row in rejected.head(max_examples).to_dict("records"):
         rs = row.get("reasons")
@@ -160,45 +155,125 @@ def audit_components(report: Mapping[str, Any], verdicts: pd.DataFrame | None, h
             ", ".join(rs) if isinstance(rs, list | tuple) else str(rs),
             str(row.get("severity", "")),
             "; ".join(details[:3]) if isinstance(details, list | tuple) else "",
-            text if len(text) <= 400 else text[:399] + "…",
+            fmt(text),
         ])
     out.append(Table(rows, headers=["item", "reasons", "severity", "details", "hint"]))
     return out
 
 
 # ------------------------------------------------------------------------------------------- results
-def results_components(summary: Mapping[str, Any], comparison: pd.DataFrame, eval_results: pd.DataFrame,
-                       train_metrics: pd.DataFrame | None = None) -> list:
-    out: list = [Markdown(f"# ptdpo run: {summary.get('name')}"),
-                 Markdown(f"**policy** {summary.get('policy')} · **algorithm** {summary.get('algorithm')} · "
-                          f"**train items** {summary.get('train_items')} · "
-                          f"**audit pass rate** {_fmt(summary.get('audit_pass_rate'))}")]
-    out.append(Markdown("## Results (accuracy) and deltas against the base model"))
-    out.append(_table(comparison))
-    models = [c for c in comparison.columns if c != "benchmark" and "Δ" not in c]
+def about_run(summary: Mapping[str, Any], config: Mapping[str, Any] | None) -> list:
+    """Where the data came from, which hint generator wrote the hints, and the resolved run config."""
+    out: list = [Markdown("## About this run")]
+    src = summary.get("data_source") or {}
+    where = src.get("path") or src.get("data_files") or ("generated" if src.get("format") == "synthetic" else "?")
+    out.append(Markdown(
+        f"**training data**: {src.get('format', '?')} · {where} · {summary.get('train_items')} items · content hash "
+        f"{str(summary.get('train_data_hash') or '')[:12]}  \n"
+        f"**hint generator**: {summary.get('hint_generator')}  \n"
+        f"**policy** {summary.get('policy')} · **algorithm** {summary.get('algorithm')} · "
+        f"**audit pass rate** {_fmt(summary.get('audit_pass_rate'))}"))
+    if config:
+        import json
+
+        # the training options are the resolved table below; the pod settings say nothing about results
+        shown = {k: v for k, v in config.items() if k not in ("kubernetes", "train")}
+        out.append(Markdown("### Resolved run config"))
+        out.append(say("The whole config this run used, every extends applied and relative paths resolved "
+                       "(train: the resolved table below; kubernetes left out)."))
+        out.append(Markdown("```json\n" + json.dumps(shown, indent=1, default=str)[:20000] + "\n```"))
+    return out
+
+
+def accuracy_chart(comparison: pd.DataFrame, models: list[str]) -> list:
+    """Bars of accuracy per benchmark and model, or the reason in words when there is nothing to draw."""
     benches = comparison[~comparison["benchmark"].astype(str).str.startswith("overall")]
-    if len(benches) and models:
-        plt = _plt()
-        fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(benches) * max(1, len(models)) / 2), 3.2))
-        width = 0.8 / len(models)
-        xs = range(len(benches))
-        for j, m in enumerate(models):
-            ax.bar([x + j * width for x in xs], benches[m].fillna(0.0), width, label=m)
-        ax.set_xticks([x + width * (len(models) - 1) / 2 for x in xs])
-        ax.set_xticklabels(benches["benchmark"], rotation=20, fontsize=8)
-        ax.set_ylabel("accuracy")
-        ax.legend(fontsize=8)
-        ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        out.append(Image.from_matplotlib(fig, label="accuracy by benchmark"))
-        plt.close(fig)
+    if not len(benches) or not models:
+        return [Markdown("**Accuracy chart:** no data (no benchmark was evaluated).")]
+    state = series_state(pd.concat([benches[m] for m in models], ignore_index=True))
+    if state:
+        return [Markdown(f"**Accuracy chart:** not drawn, {state}: every model scored 0 on every benchmark"
+                         if state == "all zero" else "**Accuracy chart:** no data: every benchmark failed to score.")]
+    pyplot = plt()
+    fig, ax = pyplot.subplots(figsize=(min(9.0, max(5.0, 1.3 * len(benches) * max(1, len(models)) / 2)), 3.2))
+    width = 0.8 / len(models)
+    xs = range(len(benches))
+    for j, m in enumerate(models):
+        ax.bar([x + j * width for x in xs], benches[m].fillna(0.0), width, label=m)
+    ax.set_xticks([x + width * (len(models) - 1) / 2 for x in xs])
+    ax.set_xticklabels(benches["benchmark"], rotation=20, fontsize=8)
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return [say("Accuracy per benchmark, one bar per model."), Image(figure_png(fig), label="accuracy by benchmark")]
+
+
+def sample_components(samples: pd.DataFrame | None, images: Mapping[tuple, bytes] | None) -> list:
+    """A few predictions per benchmark and model: the image, the question, the raw output, the answer read
+    from it and its score."""
+    out: list = [Markdown("## Sample predictions")]
+    if samples is None or not len(samples):
+        return out + [Markdown("_No predictions were recorded._")]
+    out.append(say("The first items of each benchmark as each model answered them: the image (small), the "
+                   "question and gold answer, the model's raw output, the answer read from it and whether it "
+                   "scored."))
+    rows = []
+    for _, r in samples.iterrows():
+        thumb = (images or {}).get((r["benchmark"], r["item_id"]))
+        score = ("correct" if float(r["correct"]) >= 1 else "wrong") + f" ({r.get('reason', '')})"
+        if bool(r.get("truncated")):
+            score += f"; cut at {r.get('response_tokens')} tokens"
+        rows.append([Image(thumb, label=None) if thumb else "(no image)",
+                     fmt(f"{r['benchmark']} / {r['model']}: {r['question']} (gold: {r['gold']})"),
+                     fmt(r["raw_output"]), fmt(r["extracted"]) if r["extracted"] is not None else "(none)", score])
+    out.append(Table(rows, headers=["image", "question", "raw output", "extracted", "score"]))
+    return out
+
+
+def results_components(summary: Mapping[str, Any], comparison: pd.DataFrame, eval_results: pd.DataFrame,
+                       train_metrics: pd.DataFrame | None = None, samples: pd.DataFrame | None = None,
+                       images: Mapping[tuple, bytes] | None = None, notes: list[str] | None = None,
+                       config: Mapping[str, Any] | None = None) -> list:
+    """The report: results with a sentence per table, notes (e.g. why accuracy is 0), the accuracy chart
+    (or why there is none), sample predictions, the training curves, every evaluation metric per benchmark
+    and model, the glossary, the run's data, hint generator and config."""
+    from ptdpo.eval.metrics import metric_meaning
+    from ptdpo.metrics import glossary
+    from steps.report import CURVES, relative_cell
+
+    out: list = [Markdown(f"# ptdpo run: {summary.get('name')}")]
+    out.append(Markdown("## Results (accuracy) and deltas against the base model"))
+    out.append(say("Accuracy per benchmark (fraction of items answered correctly, 0 to 1) for each model; "
+                   "Δabs is a model minus the base model, Δrel% the same relative to the base. The two overall "
+                   "rows are the mean accuracy and the mean per-benchmark change."))
+    models = [c for c in comparison.columns if c != "benchmark" and "Δ" not in c]
+    rel_cols = {c: (lambda v, row: relative_cell(v, row)) for c in comparison.columns if "Δrel%" in c}
+    out.extend(tables(comparison, key="benchmark", cells=rel_cols))
+    for n in notes or []:
+        out.append(Markdown(f"**Why:** {n}"))
+    out.extend(accuracy_chart(comparison, models))
     if summary.get("eval_errors"):
         out.append(Markdown(f"**Benchmarks that failed to evaluate:** {', '.join(summary['eval_errors'])}"))
-    out.append(Markdown("## All metrics"))
-    out.append(_table(eval_results))
+    out.extend(sample_components(samples, images))
+    if train_metrics is not None and len(train_metrics):
+        out.extend(training_components(train_metrics, title="Training", with_glossary=False)[1:])
+    out.append(Markdown("## All evaluation metrics"))
+    out.append(say("Every evaluation metric, one row per benchmark and model (column groups split to fit)."))
+    wide = eval_results.pivot_table(index=["benchmark", "model"], columns="metric", values="value",
+                                    aggfunc="first", sort=False).reset_index() if len(eval_results) else eval_results
+    if len(eval_results):
+        wide.insert(0, "benchmark / model", wide["benchmark"].astype(str) + " / " + wide["model"].astype(str))
+        wide = wide.drop(columns=["benchmark", "model"])
+        wide.columns = [str(c) for c in wide.columns]
+    out.extend(tables(wide))
+    eval_names = [c for c in (list(wide.columns[1:]) if len(eval_results) else []) if metric_meaning(c)]
+    entries = [(n, metric_meaning(n)) for n in eval_names + ["Δabs", "Δrel%"]]
+    entries += [(f"{n} (training)", meaning) for n, meaning in glossary([c for c, _ in CURVES] + ["truncated_frac"])]
+    out.extend(glossary_table(entries))
+    out.extend(about_run(summary, config))
     if summary.get("train_config"):
         out.append(Markdown("## Training config (resolved)"))
+        out.append(say("The training options this run used, algorithm defaults filled in."))
         out.append(config_table(summary["train_config"]))
-    if train_metrics is not None and len(train_metrics):
-        out.extend(training_components(train_metrics, title="Training curves")[1:])
     return out

@@ -215,13 +215,16 @@ class _Watcher(threading.Thread):
 
 
 def train_with_checkpoints(current: Any, run_config: RunConfig, items: list, hints_table: Any, verdicts: Any,
-                           resume_from: str | None, fail_after_step: int | None = None, gang: Gang | None = None):
+                           resume_from: str | None, fail_after_step: int | None = None, gang: Gang | None = None,
+                           on_step: Callable[[Any], None] | None = None):
     """Run ``steps.train`` on ``run_config.train`` in this process (CPU, one GPU) or under torchrun (several
     GPUs, or several nodes with ``gang``: one torchrun agent per node, ``max(gpu, 1)`` processes each),
-    saving every checkpoint rank 0 writes through ``@checkpoint``. Returns ``steps.train.TrainOutput``;
-    None on the nodes other than node 0."""
+    saving every checkpoint rank 0 writes through ``@checkpoint``. ``on_step`` gets every step (in this
+    process, or followed from rank 0's steps file on node 0). Returns ``steps.train.TrainOutput``; None on
+    the nodes other than node 0."""
+    from ptdpo.tracking import follow_steps
     from steps.audit import usable_hints
-    from steps.train import launch_torchrun, run_training, write_job
+    from steps.train import STEPS_FILE, launch_torchrun, run_training, write_job
 
     train = run_config.train
     hints = usable_hints(hints_table.to_dict("records"), verdicts) if train.ptd.uses_hints else {}
@@ -236,16 +239,19 @@ def train_with_checkpoints(current: Any, run_config: RunConfig, items: list, hin
               f"rendezvous at {gang.main_ip}:{gang.master_port}")
         if gang.node_index != 0:  # rank 0, and so every checkpoint, is on node 0
             return launch_torchrun(workdir, **launch)
-        return _with_watcher(workdir, on_checkpoint, lambda: launch_torchrun(workdir, **launch))
+        with follow_steps(workdir / STEPS_FILE, on_step):
+            return _with_watcher(workdir, on_checkpoint, lambda: launch_torchrun(workdir, **launch))
     if gpus > 1:
         workdir = write_job(out_dir / "job", train, items, hints, resume_from, fail_after_step)
-        return _with_watcher(workdir, on_checkpoint, lambda: launch_torchrun(workdir, nproc=gpus))
+        with follow_steps(workdir / STEPS_FILE, on_step):
+            return _with_watcher(workdir, on_checkpoint, lambda: launch_torchrun(workdir, nproc=gpus))
     import torch
 
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, min(int(os.environ.get("PTDPO_NUM_THREADS", "2")), os.cpu_count() or 1)))
     return run_training(train, items, hints, out_dir, resume_from=resume_from,
-                        fail_after_step=fail_after_step, on_checkpoint=on_checkpoint, progress=False)
+                        fail_after_step=fail_after_step, on_checkpoint=on_checkpoint, progress=False,
+                        on_step=on_step)
 
 
 def _with_watcher(workdir: Path, on_checkpoint: Callable[[Path], None], launch: Callable[[], Any]) -> Any:

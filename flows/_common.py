@@ -93,11 +93,43 @@ class BadRunConfig(MetaflowException):
 
 def parse_config(text: str) -> dict[str, Any]:
     """The ``Config`` parser: ``ptdpo.run_config.parse_run_config`` (JSON, ``extends``, every value
-    checked); its problems become one :class:`BadRunConfig`."""
+    checked, relative paths taken from the config file's folder); its problems become one
+    :class:`BadRunConfig`."""
     try:
-        return parse_run_config(text)
+        return parse_run_config(text, config_file(sys.argv))
     except RunConfigError as e:
         raise BadRunConfig(str(e)) from None
+
+
+def config_file(argv: list[str]) -> Path | None:
+    """The config file being parsed (Metaflow hands the parser the file's text only): the one this command
+    line names (``--config config PATH``), else the one a ``metaflow.Runner`` in this process was given,
+    else the default config for ``python flows/ptdpo_flow.py ...``; None for ``--config-value`` or when
+    unknown (a text from no file: relative paths in it then stay relative to the working directory)."""
+    for i, arg in enumerate(argv[:-2]):
+        if arg == "--config" and argv[i + 1] == "config":
+            return Path(argv[i + 2]).expanduser().resolve()
+    if "--config-value" in argv:
+        return None
+    runner = _runner_config_file()
+    if runner is not None:
+        return runner
+    return DEFAULT_CONFIG if argv and Path(argv[0]).name == "ptdpo_flow.py" else None
+
+
+def _runner_config_file() -> Path | None:
+    """The config path a ``metaflow.Runner`` parses in the calling process (a script's or a notebook's,
+    whose own command line names no config): it sits in the options of the Runner's click API frame
+    (``metaflow.runner.click_api``, metaflow 2.19, pinned); the task processes get it on their command line."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "_compute_flow_parameters" and isinstance(frame.f_locals.get("opts"), dict):
+            for name, path in frame.f_locals["opts"].get("config") or []:
+                if name == "config" and isinstance(path, str | Path):
+                    return Path(path).expanduser().resolve()
+            return None
+        frame = frame.f_back
+    return None
 
 
 # ------------------------------------------------------------------ decorator arguments from config

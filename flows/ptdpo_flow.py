@@ -31,14 +31,16 @@ Training takes one of two branches, chosen by ``audit`` (a switch on ``train_lay
 Artifacts a script may rely on: ``config`` (the config file, ``extends`` resolved), ``run_config`` (the
 same, typed and checked: ``ptdpo.run_config.RunConfig``, what the steps read), ``data_manifest``,
 ``hints`` (table) with ``hints_hash``, ``audit_report`` (with ``audit_verdicts``), ``train_metrics`` (one
-row per step), ``policy`` (the ``@model`` reference of the trained weights), ``eval_results`` (benchmark,
-model, metric, value, n), ``eval_comparison``, ``summary``; also ``versions``, ``train_config``, ``resumed_from_step``,
+row per step), ``tensorboard_logs`` (the same as TensorBoard event files: ``ptdpo.tracking``), ``policy``
+(the ``@model`` reference of the trained weights), ``eval_results`` (benchmark, model, metric, value, n),
+``eval_comparison``, ``eval_samples`` (a few predictions per benchmark and model), ``summary``; also ``versions``, ``train_config``, ``resumed_from_step``,
 ``resumed_from``, ``final_step`` and ``train_world_size`` (processes that trained together), the same
 on both branches (``run.data.<name>``); multi-node runs add ``nodes_resumed_from`` (per node)."""
 
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # flows/_common.py when imported by a Runner
@@ -187,7 +189,7 @@ class PTDPOFlow(FlowSpec):
         self.next({"one_node": self.train, "multi_node": self.launch_nodes}, condition="train_layout")
 
     # ------------------------------------------------------------------------------------- train
-    @card(type="blank", id="training")
+    @card(type="blank", id="training", refresh_interval=1)  # live: refreshed every tracking.card_refresh_s
     @model
     @checkpoint(load_policy="fresh")
     @retry(**step_retry("train"))
@@ -197,16 +199,26 @@ class PTDPOFlow(FlowSpec):
     def train(self):
         """RL with PTD from the last checkpoint, if any: this task's previous attempt (``@retry``), or the
         origin run's last checkpoint (``resume``). Every checkpoint is saved through ``@checkpoint``; the
-        final weights through ``@model`` (``self.policy``)."""
+        final weights through ``@model`` (``self.policy``). While it trains, the ``training`` card shows
+        the steps so far and every step goes to the configured trackers (TensorBoard event files stored
+        as ``tensorboard_logs``)."""
+        from _card_parts import LiveTrainingCard
         from _cards import training_components
         from _checkpoints import restore_for_training, train_with_checkpoints
 
+        from steps.report import CURVES
+
         resume_from, source = restore_for_training(current, self.__class__.__name__)
-        out = train_with_checkpoints(
-            current, self.run_config, self.train_items, self.hints, self.audit_verdicts, resume_from,
-            fail_after_step=self.fail_after_step if self.fail_after_step >= 0 else None,
-        )
+        live = LiveTrainingCard(current.card["training"], self._total_steps(), self.run_config.tracking.card_refresh_s,
+                                CURVES)
+        with self._tracking() as tracker:
+            out = train_with_checkpoints(
+                current, self.run_config, self.train_items, self.hints, self.audit_verdicts, resume_from,
+                fail_after_step=self.fail_after_step if self.fail_after_step >= 0 else None,
+                on_step=lambda result: (tracker(result), live(result)),
+            )
         self._store_training(out, source)
+        live.finish()
         for c in training_components(self.train_metrics, info=self._training_info(), train_config=self.train_config):
             current.card["training"].append(c)
         self.next(self.trained)
@@ -233,10 +245,12 @@ class PTDPOFlow(FlowSpec):
         resume_from, source = restore_for_training(current, self.__class__.__name__, current.step_name,
                                                    control_task_id=current.parallel.control_task_id)
         print(f"[ptdpo] node {gang.node_index}: continuing from {source or 'the base policy'}")
-        out = train_with_checkpoints(
-            current, self.run_config, self.train_items, self.hints, self.audit_verdicts, resume_from,
-            fail_after_step=self.fail_after_step if self.fail_after_step >= 0 else None, gang=gang,
-        )
+        with self._tracking(enabled=gang.node_index == 0) as tracker:  # node 0 follows rank 0's steps
+            out = train_with_checkpoints(
+                current, self.run_config, self.train_items, self.hints, self.audit_verdicts, resume_from,
+                fail_after_step=self.fail_after_step if self.fail_after_step >= 0 else None, gang=gang,
+                on_step=tracker if gang.node_index == 0 else None,
+            )
         self.node_index = gang.node_index
         self.node_resumed_from = source  # what this node restored (the same on every node)
         if out is not None:  # node 0
@@ -288,8 +302,10 @@ class PTDPOFlow(FlowSpec):
     def join_eval(self, inputs):
         """The long results table of every branch."""
         from steps.evaluate import join_results
+        from steps.report import pick_samples
 
         self.eval_results = join_results([inp.branch_results for inp in inputs])
+        self.eval_samples = pick_samples([inp.predictions for inp in inputs])  # a few per branch, for the report
         self.eval_errors = {f"{i.branch['benchmark']}/{i.branch['model']}": i.branch_error
                             for i in inputs if i.branch_error}
         self.merge_artifacts(inputs, exclude=["branch", "predictions", "branch_results", "branch_error"])
@@ -303,9 +319,10 @@ class PTDPOFlow(FlowSpec):
         """Results against the base model (and baseline runs named in ``config.report.baselines``)."""
         from _cards import results_components
 
-        from steps.report import build_summary, comparison_table
+        from steps.report import build_summary, comparison_table, sample_images, truncation_notes
 
-        baselines = _baseline_results(self.run_config.report.baselines)
+        rc = self.run_config
+        baselines = _baseline_results(rc.report.baselines)
         self.eval_comparison = comparison_table(self.eval_results, baselines)
         self.summary = build_summary(
             self.config.to_dict(), self.data_manifest, self.audit_report, self.train_metrics, self.eval_results,
@@ -313,7 +330,11 @@ class PTDPOFlow(FlowSpec):
             train_info={"final_step": self.final_step, "resumed_from_step": self.resumed_from_step},
             train_config=self.train_config,
         )
-        for c in results_components(self.summary, self.eval_comparison, self.eval_results, self.train_metrics):
+        max_new = rc.eval.generation.max_new_tokens if rc.eval.generation is not None else None
+        notes = truncation_notes(self.eval_results, max_new, self.train_metrics, rc.train.max_response_length)
+        for c in results_components(self.summary, self.eval_comparison, self.eval_results, self.train_metrics,
+                                    samples=self.eval_samples, images=sample_images(self.eval_samples, self.benchmarks),
+                                    notes=notes, config=self.config.to_dict()):
             current.card["report"].append(c)
         self.next(self.end)
 
@@ -337,6 +358,32 @@ class PTDPOFlow(FlowSpec):
             metadata={"policy": self.run_config.train.policy, "step": self.final_step, "config": self.run_config.name},
         )
 
+    def _total_steps(self) -> int:
+        """How many steps this run trains (``train.epochs`` turned into steps as the trainer does)."""
+        import math
+
+        tc = self.run_config.train
+        return math.ceil(tc.epochs * len(self.train_items) / tc.prompts_per_step) if tc.epochs else tc.max_steps
+
+    @contextmanager
+    def _tracking(self, enabled: bool = True):
+        """The trackers of ``config.tracking`` while training runs (``ptdpo.tracking``); afterwards the
+        TensorBoard event files are stored with the run as ``tensorboard_logs``
+        (``ptdpo.tracking.export_tensorboard`` writes them out for ``tensorboard --logdir``)."""
+        import tempfile
+
+        from ptdpo.tracking import Tracker, open_tracker, tensorboard_files
+
+        tracker = Tracker([])
+        if enabled:
+            tracker = open_tracker(self.run_config.tracking, f"{current.flow_name}-{current.run_id}",
+                                   tempfile.mkdtemp(prefix="ptdpo-tensorboard-"), params=self.train_config)
+        try:
+            yield tracker
+        finally:
+            tracker.close()
+            self.tensorboard_logs = tensorboard_files(tracker.tensorboard_dir)
+
     def _training_info(self) -> dict:
         rc = self.run_config
         return {"config": rc.name, "policy": rc.train.policy, "final step": self.final_step,
@@ -345,7 +392,7 @@ class PTDPOFlow(FlowSpec):
 
 
 TRAINING_ARTIFACTS = ("train_metrics", "policy", "final_step", "resumed_from_step", "resumed_from",
-                      "train_world_size")
+                      "train_world_size", "tensorboard_logs")
 
 
 # ---------------------------------------------------------------------------------------- helpers

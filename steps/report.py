@@ -65,6 +65,20 @@ def training_summary(train_metrics: pd.DataFrame, last: int = 5) -> dict[str, An
     return out
 
 
+def hint_generator(config: Mapping[str, Any], resolved_train: Mapping[str, Any]) -> str:
+    """Which hint generator the run used, in words (without secrets: the generator's name, model, URL)."""
+    from ptdpo.config import train_config_from_dict
+
+    if resolved_train and not train_config_from_dict(dict(resolved_train)).ptd.uses_hints:
+        return "none: this run uses no hints (train.ptd.enabled is false, or the teacher sees no hint)"
+    gen = (config.get("hints") or {}).get("generator") or {}
+    parts = [str(gen.get("name", "?"))]
+    for key in ("model", "base_url"):
+        if gen.get(key):
+            parts.append(f"{key} {gen[key]}")
+    return ", ".join(parts)
+
+
 def resolved_train_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """``config["train"]`` typed and resolved (``TrainConfig.resolved().to_dict()``); {} without it."""
     from ptdpo.config import train_config_from_dict
@@ -98,6 +112,8 @@ def build_summary(
     audit = dict(audit_report or {})
     return {
         "name": config.get("name"),
+        "data_source": (data_manifest.get("train") or {}).get("spec"),
+        "hint_generator": hint_generator(config, resolved),
         "policy": resolved.get("policy"),
         "algorithm": resolved.get("algorithm"),
         "ptd": resolved.get("ptd", {}),
@@ -109,3 +125,95 @@ def build_summary(
         "results": bench,
         "eval_errors": errors,
     }
+
+
+# ---------------------------------------------------------------------------------- for the cards
+SAMPLE_COLUMNS = ["benchmark", "model", "item_id", "question", "gold", "raw_output", "extracted", "correct",
+                  "reason", "truncated", "response_tokens"]
+TRUNCATION_NOTE_AT = 0.5  # a truncation rate at or above this gets a sentence on the report
+
+
+def pick_samples(predictions: list[pd.DataFrame], per_branch: int = 3) -> pd.DataFrame:
+    """A few predictions of every (benchmark, model) branch for the report card: the first ``per_branch``
+    items (sample 0), so the base and the trained model show the same items."""
+    frames = []
+    for df in predictions:
+        if df is None or len(df) == 0:
+            continue
+        first = df[df["sample"] == 0] if "sample" in df else df
+        for _, branch in first.groupby(["benchmark", "model"], sort=False):
+            frames.append(branch.head(per_branch))
+    if not frames:
+        return pd.DataFrame(columns=SAMPLE_COLUMNS)
+    out = pd.concat(frames, ignore_index=True)
+    return out[[c for c in SAMPLE_COLUMNS if c in out.columns]].reset_index(drop=True)
+
+
+def sample_images(samples: pd.DataFrame, benchmarks: list[dict[str, Any]], max_side: int = 96) -> dict[tuple, bytes]:
+    """``{(benchmark, item_id): PNG thumbnail}`` of the first image of each sampled item. Only the first few
+    items of each benchmark are loaded again (the samples are a benchmark's first items); a benchmark that
+    cannot be loaded here just has no thumbnails."""
+    import io
+
+    from ptdpo.data.schema import open_image
+    from ptdpo.eval.registry import load_benchmark
+
+    out: dict[tuple, bytes] = {}
+    specs = {b["name"]: b for b in benchmarks}
+    for name, group in samples.groupby("benchmark", sort=False):
+        if name not in specs:
+            continue
+        wanted = set(group["item_id"])
+        try:
+            items = load_benchmark(specs[name], limit=max(len(wanted), 1) + 2)
+        except Exception as e:  # noqa: BLE001 - the report goes on without pictures
+            print(f"[ptdpo] report: no thumbnails for {name} ({type(e).__name__}: {e})")
+            continue
+        for it in items:
+            if it.id in wanted and it.images:
+                img = open_image(it.images[0], it.id)
+                img.thumbnail((max_side, max_side))
+                buf = io.BytesIO()
+                img.save(buf, format="PNG")
+                out[(name, it.id)] = buf.getvalue()
+    return out
+
+
+def truncation_notes(eval_results: pd.DataFrame, max_new_tokens: int | None,
+                     train_metrics: pd.DataFrame | None = None, max_response_length: int | None = None) -> list[str]:
+    """Sentences for the report where most outputs hit the token limit (that is why accuracy is low)."""
+    notes = []
+    if eval_results is not None and len(eval_results):
+        rows = eval_results[eval_results["metric"] == "truncation_rate"]
+        acc = eval_results[eval_results["metric"] == "accuracy"].set_index(["benchmark", "model"])["value"]
+        for _, r in rows.iterrows():
+            if r["value"] >= TRUNCATION_NOTE_AT:
+                a = acc.get((r["benchmark"], r["model"]), float("nan"))
+                notes.append(
+                    f"{r['value']:.0%} of the {r['model']} model's outputs on {r['benchmark']} hit the token limit "
+                    f"(eval.generation.max_new_tokens = {max_new_tokens}) before they ended: a cut output holds no "
+                    f"final answer and scores 0, which is why its accuracy is {_pct(a)}. Raise "
+                    "eval.generation.max_new_tokens (and train.max_response_length) for a model that writes longer.")
+    if train_metrics is not None and len(train_metrics) and "truncated_frac" in train_metrics:
+        mean = float(pd.to_numeric(train_metrics["truncated_frac"], errors="coerce").mean())
+        if mean >= TRUNCATION_NOTE_AT:
+            notes.append(f"In training, {mean:.0%} of the rollouts were cut at train.max_response_length = "
+                         f"{max_response_length} tokens: those score no accuracy reward, so the reward stays low.")
+    return notes
+
+
+def _pct(x: float) -> str:
+    return "not measured" if x is None or math.isnan(x) else f"{x:.0%}"
+
+
+def relative_cell(value: Any, row: Any, base_col: str = "base") -> str:
+    """A Δrel% cell in words when it is not a number: never a bare dash."""
+    v = _f(value)
+    if v is not None:
+        return f"{v:+.3g}%"
+    base = _f(row.get(base_col)) if hasattr(row, "get") else None
+    if base == 0:
+        return "n/a: base accuracy is 0"
+    if str(row.get("benchmark", "")).startswith("overall (mean relative"):
+        return "n/a: no benchmark has a base accuracy above 0"
+    return "n/a: not measured"

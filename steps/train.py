@@ -26,6 +26,8 @@ import pandas as pd
 from ptdpo.config import TrainConfig, train_config_from_dict
 from ptdpo.data.schema import Item
 
+STEPS_FILE = "steps.jsonl"  # a torchrun job's steps, one JSON line each (written by rank 0)
+
 
 @dataclass
 class TrainOutput:
@@ -74,6 +76,7 @@ def run_training(
     progress: bool = True,
     policy: Any = None,
     on_checkpoint: Any = None,
+    on_step: Any = None,
 ) -> TrainOutput:
     """Train in this process (and in its torch.distributed group, if one is initialised).
 
@@ -81,7 +84,8 @@ def run_training(
     task) training continues from it, else from ``resume_from`` (a checkpoint root holding a
     ``latest`` pointer, e.g. one restored by Metaflow's ``@checkpoint``) if given, else from the base
     policy. ``on_checkpoint(path)`` is called after every checkpoint is written (the flow saves it
-    with ``current.checkpoint.save``). The final weights go to ``out_dir/model``.
+    with ``current.checkpoint.save``); ``on_step(result)`` after every step (the flow's experiment tracking
+    and live card: ``ptdpo.tracking``). The final weights go to ``out_dir/model``.
     """
     import torch
 
@@ -110,7 +114,7 @@ def run_training(
             reference = dist_utils.shard_model(reference.requires_grad_(False), cfg.sharding, cfg.precision)
     trainer = Trainer(
         cfg, model, processor, items, hints=hints, engine=engine, reference=reference,
-        checkpoint_dir=ckpt_dir, on_checkpoint=on_checkpoint,
+        checkpoint_dir=ckpt_dir, on_checkpoint=on_checkpoint, on_step=on_step,
     )
     resumed_from = 0
     if trainer.resume_if_possible() or (resume_from and trainer.resume_if_possible(resume_from)):
@@ -241,9 +245,13 @@ def main(argv: list[str] | None = None) -> None:
     job = json.loads((workdir / "job.json").read_text())
     items = load_items({"format": "jsonl", "path": str(workdir / "items.jsonl")})
     hint_rows = [json.loads(line) for line in (workdir / "hints.jsonl").read_text().splitlines() if line.strip()]
+    from ptdpo.tracking import step_writer
+
+    # rank 0 writes each step for the step process, which tracks it (ptdpo.tracking.follow_steps)
+    on_step = step_writer(workdir / STEPS_FILE) if info.rank == 0 else None
     out = run_training(job["train"], items, hints_by_item(hint_rows), workdir / "out",
                        resume_from=job.get("resume_from"), fail_after_step=job.get("fail_after_step"),
-                       progress=info.rank == 0)
+                       progress=info.rank == 0, on_step=on_step)
     if info.rank == 0:
         out.metrics.to_parquet(workdir / "metrics.parquet")
         (workdir / "result.json").write_text(json.dumps({

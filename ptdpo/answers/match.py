@@ -16,6 +16,8 @@
   ``\\sqrt{2}``, ``0.33`` for ``1/3``), and an exact prediction matches a gold decimal with d >= 2 places
   it rounds to (``\\pi`` for ``3.14``); a decimal prediction against a decimal gold gets no tolerance
   (``1.414`` is not ``1.41`` unless the item gives ``precision=2``);
+- VQA (``answer_type="vqa"``): short word answers said in a sentence ("Yes, there is." for ``yes``, "It
+  is a circle." for ``circle``), plurals, a few synonyms (:mod:`ptdpo.answers.vqa`);
 - free text (``answer_type="text"`` or a non-mathematical gold such as ``yes`` or ``red``): the normalised
   string equality above only (plus number words: ``three`` matches ``3``). Words never go through
   math-verify, where ``red`` and ``der`` parse to the same product of symbols.
@@ -35,10 +37,11 @@ from ptdpo.answers.choices import gold_choice, predicted_choice
 from ptdpo.answers.extract import clean_answer
 from ptdpo.answers.judge import DEFAULT_TIMEOUT_S, math_equal
 from ptdpo.answers.normalize import as_text, light_normalize, looks_mathy, normalize_text, number_word
+from ptdpo.answers.vqa import vqa_match
 
 __all__ = ["ANSWER_TYPES", "answers_match", "match_answer"]
 
-ANSWER_TYPES = ("auto", "number", "expression", "choice", "text")
+ANSWER_TYPES = ("auto", "number", "expression", "choice", "text", "vqa")
 
 
 def match_answer(
@@ -51,7 +54,7 @@ def match_answer(
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> tuple[bool, str]:
     """(correct?, reason). Reasons for a match: exact, math_equal, rounded, rounded_to_precision,
-    choice_letter, choice_text, choice_math, number_word; otherwise: no_answer, empty_gold, mismatch,
+    choice_letter, choice_text, choice_math, number_word, vqa_yes_no, vqa_exact, vqa_normalised; otherwise: no_answer, empty_gold, mismatch,
     wrong_choice, choice_unresolved, unparsable, gold_unparsable, unsafe_expression, answer_too_long,
     timeout, worker_crashed, error:<type>."""
     try:
@@ -108,6 +111,8 @@ def _match(pred, gold, choices, answer_type, precision, timeout_s) -> tuple[bool
         if answer_type == "choice":
             return False, "choice_unresolved"
 
+    if answer_type == "vqa":
+        return vqa_match(pred_s, gold_s)
     # free text: normalised strings only
     if re.fullmatch(r"-?\d+", gold_s):
         w = number_word(pred_s)

@@ -20,7 +20,11 @@ data_files=...)``: a hub id, a local dataset folder, or a packaged builder such 
 ``choices`` may map to a column holding a list, a dict ``{"A": ..., "B": ...}`` or a JSON/Python list
 written as a string, or to a list of columns (``["A", "B", "C", "D"]``, empty ones dropped).
 Without an ``id`` column the id is ``<id_prefix><row index>`` (default prefix ``<source>-<split>-``).
-``meta_columns`` copies further columns into ``meta``.
+``meta_columns`` copies further columns into ``meta``. Columns nothing reads are named in one
+:class:`~ptdpo.data.columns.ColumnWarning` per load (with the ``fields`` mapping for ones that look like
+images, questions or answers, e.g. ``image_path``); ``ignore_columns`` silences it.
+``answer_type`` (e.g. ``"vqa"``) is recorded in every item's ``meta`` for the reward to read.
+The synthetic generator's keys (``n``, ``seed``, ...) are an error on a file dataset.
 
 **Images** may be bytes, a path (relative to ``image_root`` if set, else to the data file's folder, or
 absolute), a base64 string (plain or ``data:image/...;base64,``), a Hugging Face Image-feature dict
@@ -48,12 +52,14 @@ from __future__ import annotations
 import ast
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 from ptdpo.answers.choices import ANSWER_FORMATS, gold_choice, option_hits
 from ptdpo.answers.words import CHOICE_LETTERS
 from ptdpo.data.archives import prepare_image_root
+from ptdpo.data.columns import ColumnWarning, unknown_columns, unknown_columns_message
 from ptdpo.data.schema import (
     Item,
     ItemError,
@@ -290,7 +296,7 @@ def load_items(spec: dict[str, Any] | DatasetSpec, base_dir: str | Path | None =
                 it.source = spec.source
         problems = find_problems(items, check_images=spec.check_images)
         raise_problems(problems)
-        return items
+        return _with_answer_type(items, spec)
 
     image_root = prepare_image_root(spec, base)  # unpacks images_archive there first, once
     rows, img_base, default_source = read_rows(spec, base)
@@ -304,15 +310,35 @@ def load_items(spec: dict[str, Any] | DatasetSpec, base_dir: str | Path | None =
     items: list[Item] = []
     locations: list[str] = []
     problems: list[ItemError] = []
+    columns: set[str] = set()
     for idx, (row, where) in enumerate(rows):
         if isinstance(row, ItemError):
             problems.append(row)
             continue
+        if isinstance(row, dict):
+            columns.update(row)
         try:
             items.append(convert(row, idx, where))
             locations.append(where)
         except ItemError as e:
             problems.extend(getattr(e, "problems", [e]))
     problems.extend(find_problems(items, check_images=spec.check_images, locations=locations))
+    _warn_unknown_columns(spec, columns, source, items)
     raise_problems(problems)
+    return _with_answer_type(items, spec)
+
+
+def _warn_unknown_columns(spec: DatasetSpec, columns: set[str], label: str, items: list[Item]) -> None:
+    """One warning per load naming the columns no field reads (:mod:`ptdpo.data.columns`)."""
+    unknown = unknown_columns(spec, columns)
+    if unknown:
+        has_images = any(it.images for it in items)
+        warnings.warn(unknown_columns_message(spec, unknown, label, has_images), ColumnWarning, stacklevel=3)
+
+
+def _with_answer_type(items: list[Item], spec: DatasetSpec) -> list[Item]:
+    """``spec.answer_type`` recorded as every item's ``meta["answer_type"]`` (what the reward reads)."""
+    if spec.answer_type is not None:
+        for it in items:
+            it.meta["answer_type"] = spec.answer_type
     return items

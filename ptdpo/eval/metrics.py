@@ -42,8 +42,32 @@ PREDICTION_COLUMNS = [
     "response_tokens",
     "truncated",
 ]
+# What each evaluation metric means (the cards' glossary reads these; ``pass@j`` and ``avg@k`` by pattern).
+EVAL_METRICS = {
+    "accuracy": "fraction of items answered correctly, in [0, 1]; with k samples per item, the mean over them "
+                "(avg@k)",
+    "avg@k": "an item's k samples: the fraction correct, averaged over items (equals accuracy)",
+    "pass@k": "chance that at least one of k samples of an item is correct (unbiased estimator), averaged over items",
+    "mean_response_tokens": "mean length of the model's outputs, in tokens",
+    "format_rate": "fraction of outputs in the prompt template's format (reasoning, then the answer where the "
+                   "template asks for it)",
+    "extraction_rate": "fraction of outputs an answer could be read from",
+    "truncation_rate": "fraction of outputs cut at eval.generation.max_new_tokens before they ended; a cut "
+                       "output usually holds no final answer, so it scores 0",
+    "Δabs": "a model's accuracy minus the base model's (same units)",
+    "Δrel%": "Δabs relative to the base model's accuracy, in percent (not defined when the base scores 0)",
+    "error": "the benchmark failed to evaluate (the error text is in the run's eval_errors)",
+}
 OVERALL_MEAN = "overall (mean accuracy)"
 OVERALL_REL = "overall (mean relative improvement)"
+
+
+def metric_meaning(name: str) -> str | None:
+    """What an evaluation metric means (``pass@4`` and ``avg@8`` read as ``pass@k`` and ``avg@k``)."""
+    for pattern in ("pass@", "avg@"):
+        if name.startswith(pattern) and name[len(pattern):].isdigit():
+            return EVAL_METRICS[pattern + "k"].replace(" k ", f" {name[len(pattern):]} ")
+    return EVAL_METRICS.get(name)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

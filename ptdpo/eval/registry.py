@@ -3,7 +3,7 @@
 A :class:`BenchmarkSpec` says where the data is (``dataset``: the data loader's spec dict, see
 ``ptdpo.data.loaders.load_items``: format, hub id or local path, config ``name``, ``split``, ``revision``,
 ``fields`` mapping columns onto the Item schema, ``meta_columns``, ``answer_format``), how answers are
-compared (``answer_type``: ``number`` | ``expression`` | ``choice`` | ``text`` | ``auto``), how the prompt is
+compared (``answer_type``: ``number`` | ``expression`` | ``choice`` | ``text`` | ``vqa`` | ``auto``), how the prompt is
 built (``prompt_template``, ``show_choices``) and which metric is headline (``metric``). A few generic,
 named ``transforms`` and ``filters`` cover what a column mapping cannot (strip ``<image>`` tokens, parse
 ``"A. x; B. y"`` option strings, keep only MathVerse's vision-only rows).
@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from ptdpo.answers.choices import gold_choice
+from ptdpo.answers.match import ANSWER_TYPES
 from ptdpo.answers.words import CHOICE_LETTERS
 from ptdpo.data.schema import Item
 from ptdpo.data.text import strip_image_tokens
 
-ANSWER_TYPES = ("auto", "number", "expression", "choice", "text")
 TRANSFORMS = ("strip_image_tokens", "options_from_text", "answer_from_tags", "question_from")
 
 
@@ -161,6 +161,9 @@ class BenchmarkSpec:
             d["meta_columns"] = meta_cols
         if self.limit is not None and not self.filters:
             d["limit"] = self.limit if d.get("limit") is None else min(d["limit"], self.limit)
+        if self.hub and d.get("format") != "synthetic":
+            # a public set's spec is written against its published columns: the unread ones are known
+            d.setdefault("ignore_columns", True)
         return d
 
 

@@ -13,6 +13,7 @@ from ptdpo.hints.generator_base import (
     GenerationRequest,
     HintGenerator,
     HintResult,
+    HintSourceError,
     RawOutput,
 )
 from ptdpo.hints.generators import GENERATORS, check_generator_config, generator_class, make_generator
@@ -44,6 +45,7 @@ from ptdpo.hints.vllm_gen import VLLMGenerator
 __all__ = [
     "FAILED", "GENERATORS", "LEAK_REASONS", "OK", "REASONS", "REJECTED", "STRUCTURED", "UNSTRUCTURED",
     "AuditConfig", "AuditFloorError", "GenerationRequest", "Hint", "HintError", "HintGenerator", "HintResult",
+    "HintSourceError",
     "OpenAIGenerator", "OracleGenerator", "RawOutput", "Region", "ShardCache", "VLLMGenerator", "Verdict",
     "audit", "audit_batch", "audit_report", "audit_table", "audit_text", "check_generator_config",
     "check_pass_rate", "format_box", "format_report", "generator_class", "item_facts", "make_generator",

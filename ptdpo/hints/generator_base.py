@@ -26,6 +26,19 @@ from ptdpo.hints.schema import STRUCTURED, Hint
 
 OK, REJECTED, FAILED = "ok", "rejected", "failed"
 
+# What to do when a generator cannot serve a dataset (named in every HintSourceError).
+WAYS_OUT = (
+    "Ways out: (1) hints from a vision-language model behind an OpenAI-compatible endpoint (a vLLM server, a "
+    "hosted model): hints.generator = {\"name\": \"openai\", \"base_url\": \"http://host:8000/v1\", "
+    "\"model\": \"...\"}; (2) a vLLM engine inside the step: hints.generator = {\"name\": \"vllm\", "
+    "\"model\": \"...\"}; (3) train the GRPO baseline without hints: train.ptd.enabled = false (as "
+    "configs/baselines/tiny-grpo.json does). Recipes: docs/data.md, 'Hints for your own images'."
+)
+
+
+class HintSourceError(ValueError):
+    """A hint generator that cannot serve these items at all (raised before any generation starts)."""
+
 
 @dataclass
 class GenerationRequest:
@@ -103,6 +116,11 @@ class HintGenerator:
 
     def config_hash(self) -> str:
         return config_hash({**self.info(), "kind": self.kind, **self.cache_params()})
+
+    def check_items(self, items: Sequence[Item]) -> None:
+        """Raise :class:`HintSourceError` naming the cause and the ways out when this generator cannot
+        write hints for these items at all; called before any generation. Model-based generators serve
+        any item."""
 
     def generate_stream(self, requests: Sequence[GenerationRequest]) -> Iterator[RawOutput]:
         raise NotImplementedError

@@ -24,7 +24,7 @@ from typing import Any
 
 from ptdpo.data.schema import Item
 from ptdpo.hints.audit import AuditConfig, ItemFacts, audit_text, item_facts
-from ptdpo.hints.generator_base import GenerationRequest, HintGenerator, RawOutput
+from ptdpo.hints.generator_base import WAYS_OUT, GenerationRequest, HintGenerator, HintSourceError, RawOutput
 from ptdpo.hints.schema import COORD_MAX, STRUCTURED, UNSTRUCTURED, Hint, HintError, to_unstructured
 
 ORACLE_VERSION = "oracle-v1"
@@ -107,6 +107,12 @@ def _regions(item: Item, pad: int, max_regions: int) -> tuple[list[dict[str, Any
     return regions[:max_regions], kind
 
 
+def has_scene_metadata(item: Item) -> bool:
+    """Does the item carry what the oracle writes hints from (``meta.evidence`` and ``meta.method``)?"""
+    meta = item.meta or {}
+    return isinstance(meta.get("evidence"), list) and isinstance(meta.get("method"), list) and bool(meta["method"])
+
+
 def oracle_hint_body(
     item: Item, pad: int = 40, max_regions: int = 4, config: AuditConfig | None = None,
     facts: ItemFacts | None = None,
@@ -114,7 +120,7 @@ def oracle_hint_body(
     """``({"regions", "steps", "traps"}, notes)`` for a synthetic item; HintError without scene metadata."""
     meta = item.meta or {}
     method = meta.get("method")
-    if not isinstance(meta.get("evidence"), list) or not isinstance(method, list) or not method:
+    if not has_scene_metadata(item):
         raise HintError(item.id, "meta", "the oracle generator needs scene metadata (meta.evidence and "
                         "meta.method, as synthetic items have)")
     config = config or AuditConfig()
@@ -161,6 +167,18 @@ class OracleGenerator(HintGenerator):
 
     def cache_params(self) -> dict[str, Any]:
         return {"pad": self.pad, "max_regions": self.max_regions}
+
+    def check_items(self, items: Sequence[Item]) -> None:
+        """The oracle writes hints from synthetic scene metadata only: a dataset without it stops here,
+        before any generation, rather than at the audit with every hint failed."""
+        missing = [it for it in items if not has_scene_metadata(it)]
+        if missing:
+            first = missing[0]
+            raise HintSourceError(
+                f"the 'oracle' hint generator writes hints from synthetic scene metadata (meta.evidence and "
+                f"meta.method, which only ptdpo's synthetic items have); {len(missing)} of the {len(items)} "
+                f"items have none (e.g. item {first.id!r} from source {first.source!r}). It cannot write hints "
+                f"for your own images. {WAYS_OUT}")
 
     def generate_stream(self, requests: Sequence[GenerationRequest]) -> Iterator[RawOutput]:
         for req in requests:
