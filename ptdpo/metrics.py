@@ -63,6 +63,10 @@ METRICS: tuple[Metric, ...] = (
     Metric("kl_ref_all", "KL to reference, all rollouts",
            "the same KL as a mean over every policy-gradient token, the KL-masked ones counted as 0 (still "
            "measured when PTD masks every group; with kl_normalizer all_tokens the KL term of the loss)"),
+    Metric("kl_ref_true", "KL(policy || reference), every rollout",
+           "KL(pi || pi_ref) per token over every policy-gradient token of every rollout, masked or not (k3 on "
+           "r = log pi_ref - log pi, Schulman's unbiased estimator, whatever train.kl_estimator says): the policy's "
+           "real divergence from the reference, which kl_ref_all under-counts where PTD masks the KL"),
     Metric("ptd_loss", "PTD loss (Top-K JSD)",
            "L_PTD: mean Top-K divergence over the step's PTD tokens (unweighted); OPSD's or HDPO's distillation "
            "term when those run"),
@@ -180,11 +184,13 @@ class UpdateTotals:
 
     pg_loss: float = 0.0  # sum of the micro-batches' L_RL shares
     kl_ref_sum: float = 0.0  # sum of the masked per-token KL
+    kl_true_sum: float = 0.0  # sum of the k3 KL(pi || pi_ref) over every policy-gradient token
     ptd_loss_sum: float = 0.0  # sum of the per-token PTD divergences
     policy_stats: dict[str, float] = field(default_factory=dict)  # token-weighted sums
     policy_tokens: int = 0
     student_entropy: OutcomeEntropy = field(default_factory=OutcomeEntropy)
     papo: bool = False  # the run has PAPO's terms: their rows are reported (a collective on every rank)
+    true_kl: bool = False  # the run scores the reference: kl_ref_true is reported (a collective on every rank)
     papo_sums: dict[str, float] = field(default_factory=dict)  # papo_loss and the PAPO token sums
 
     def add(self, parts: Mapping[str, Any], pg_tokens: int) -> None:
@@ -194,6 +200,8 @@ class UpdateTotals:
                 self.pg_loss += float(value)
             elif name == "kl_ref_sum":
                 self.kl_ref_sum += float(value)
+            elif name == "kl_ref_true_sum":
+                self.kl_true_sum += float(value)
             elif name == "ptd_loss_sum":
                 self.ptd_loss_sum += float(value)
             elif name in PAPO_PARTS:
@@ -211,6 +219,8 @@ class UpdateTotals:
         out["ptd_loss"] = all_sum(self.ptd_loss_sum) / max(counts.ptd_tokens, 1)
         out["ptd_loss_weighted"] = lambda_ptd * out["ptd_loss"]
         out.update(kl_ref_means(all_sum(self.kl_ref_sum), counts.kl_tokens, counts.pg_tokens))
+        if self.true_kl:
+            out["kl_ref_true"] = all_sum(self.kl_true_sum) / max(counts.pg_tokens, 1)
         out["pg_loss"] = all_sum(self.pg_loss)
         if self.papo:
             sums = {name: all_sum(self.papo_sums.get(name, 0.0)) for name in PAPO_PARTS}

@@ -371,7 +371,7 @@ class Trainer:
         cfg = self.cfg
         counts = self._step_counts(mb)
         self.optimizer.zero_grad(set_to_none=True)
-        totals = UpdateTotals(papo=self.papo is not None)
+        totals = UpdateTotals(papo=self.papo is not None, true_kl=self.use_kl)
         chunks = _chunks([r for r in mb if r.in_pg or r.ptd], cfg.micro_batch_rollouts)
         # FSDP: every rank runs as many micro-batch iterations (teacher forward, then policy forward and
         # backward) as the busiest one; the extra ones are dummies on the probe.

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from ptdpo.data.schema import Item, item_images
-from ptdpo.hints.schema import Hint, to_unstructured
+from ptdpo.hints.schema import Hint
 from ptdpo.study.base_model import DataSpec, WarmStartSpec, build_base_model, oracle_hints
 
 
@@ -40,11 +40,15 @@ def prepare_study(cfg: dict[str, Any]) -> dict[str, Any]:
     train = ds.generate(int(cfg.get("n_train", 64)), split="train")
     n_eval = int(cfg.get("n_eval", 128))
     hints = oracle_hints(train)
+    from ptdpo.study.gate import audit_pass_rate
+
+    audit = audit_pass_rate(train)  # the project's default audit (AuditConfig()), as the hints above
     return {
         "train_items": train,
         "hints": {k: h.to_dict() for k, h in hints.items()},
         "eval_items": {"id": ds.generate(n_eval, split="test"), "ood": ds.generate(n_eval, split="test", ood=True)},
-        "manifest": {"n_train": len(train), "n_hinted": len(hints), "n_eval": n_eval, "data": cfg.get("data")},
+        "manifest": {"n_train": len(train), "n_hinted": len(hints), "n_eval": n_eval, "data": cfg.get("data"),
+                     "audit": audit},
     }
 
 
@@ -57,17 +61,40 @@ def build_base(cfg: dict[str, Any], out_dir: str | Path) -> tuple[Path, dict[str
     ds = data_spec(cfg)
     model, processor, report = build_base_model(spec, ds)
     held = ds.generate(spec.eval_items, split="val")  # the items of report["hint_ability"]
-    report["teacher_signal"] = teacher_signal(model, processor, held, oracle_hints(held), reasoning=spec.reasoning)
+    held_hints = oracle_hints(held)
+    if all(it.answer.strip().lower() in ("yes", "no") for it in held):
+        report["teacher_signal"] = teacher_signal(model, processor, held, held_hints, reasoning=spec.reasoning)
+    report["gate"] = gate_report(model, processor, held, held_hints, spec, cfg)
     path = save_policy(model, processor, Path(out_dir) / "base_model",
                        metadata={"study": cfg.get("name"), "warm_start": report["spec"]})
     return Path(path), report
 
 
-def hints_for(kind: str | None, hint_dicts: dict[str, dict]) -> dict[str, Hint]:
-    if not kind:
-        return {}
-    hints = {k: Hint.from_dict(v) for k, v in hint_dicts.items()}
-    return {k: to_unstructured(h) for k, h in hints.items()} if kind == "unstructured" else hints
+def gate_report(model, processor, held: Sequence[Item], hints: dict[str, Hint], spec: WarmStartSpec,
+                cfg: dict[str, Any]) -> dict[str, Any]:
+    """The gate (``ptdpo.study.gate``) on the held-out items: the answer margins of student, hinted teacher
+    and answer teacher over the open answer set, the first groups' outcomes at the arms' G and
+    temperature, and the verdict."""
+    from ptdpo.data.synthetic.grid import GRID_COLOR_NAMES
+    from ptdpo.study.gate import answer_margins, candidate_answers, gate_verdict, group_outcomes
+
+    train = cfg.get("train") or {}
+    grid = any((it.meta or {}).get("template") == "marked_cell" for it in held)
+    candidates = candidate_answers(held, GRID_COLOR_NAMES if grid else ())
+    margins = answer_margins(model, processor, held, hints, candidates, reasoning=spec.reasoning,
+                             template=train.get("prompt_template", "answer_tags"))
+    groups = group_outcomes(model, processor, held, group_size=int(train.get("group_size", 8)),
+                            temperature=float(train.get("temperature", 1.0)),
+                            max_new_tokens=int(train.get("max_response_length", 16)),
+                            template=train.get("prompt_template", "answer_tags"))
+    return {"margins": margins, "groups": groups, "verdict": gate_verdict(margins, groups)}
+
+
+def hints_for(kind: str | None, hint_dicts: dict[str, dict], seed: int = 0) -> dict[str, Hint]:
+    """The trainer's hints of an arm (``ptdpo.study.hint_modes``; ``seed`` shuffles ``"shuffled"`` ones)."""
+    from ptdpo.study.hint_modes import prepare_hints
+
+    return prepare_hints(kind, hint_dicts, seed)
 
 
 def train_branch(
@@ -85,7 +112,7 @@ def train_branch(
     cfg = train_config_from_dict(branch["train"])
     torch.manual_seed(cfg.seed)
     model, processor = load_policy(str(base_model_dir))
-    trainer = Trainer(cfg, model, processor, list(items), hints=hints_for(branch.get("hints"), hint_dicts))
+    trainer = Trainer(cfg, model, processor, list(items), hints=hints_for(branch.get("hints"), hint_dicts, branch["seed"]))
     tracker = GroupTracker()
     t0 = time.perf_counter()
     while trainer.step < cfg.max_steps:
@@ -118,7 +145,7 @@ def evaluate_policy(model, processor, items: Sequence[Item], k: int = 4, tempera
     from ptdpo.models.sampling import mix_seed
     from ptdpo.prompts import build_messages
     from ptdpo.rewards import score_batch
-    from ptdpo.study.base_model import greedy_responses
+    from ptdpo.study.base_model import greedy_responses, reasoning_for, think_of
     from ptdpo.study.diagnostics import box_reasoning_error
 
     set_threads()
@@ -133,15 +160,27 @@ def evaluate_policy(model, processor, items: Sequence[Item], k: int = 4, tempera
     passk = [float(any(r.accuracy for r in res[j : j + k])) for j in range(0, len(res), k)]
     mean = lambda xs: float(sum(xs) / max(len(xs), 1))  # noqa: E731
     answers = Counter(normalize_text(extract_answer(t) or "") for t in greedy_texts)
+    sampled = [[normalize_text(extract_answer(s.text) or "") for s in g] for g in groups]
     out = {"greedy_accuracy": mean(greedy), f"avg@{k}": mean(acc), f"pass@{k}": mean(passk),
            "response_length": mean(lens), "format": mean(fmt),
            # 1.0: one greedy answer for every item, i.e. the policy ignores the image and the question
-           "greedy_top_answer_share": max(answers.values(), default=0) / max(len(items), 1), "n": len(items)}
+           "greedy_top_answer_share": max(answers.values(), default=0) / max(len(items), 1),
+           # how varied an item's k sampled answers are (nats; 0: the same answer k times)
+           "sampled_answer_entropy": mean([_entropy(Counter(a)) for a in sampled]), "n": len(items)}
+    if reasoning == "corner":  # did the policy locate the marked square on its own (no hint)?
+        out["think_exact"] = mean([float(think_of(t) == reasoning_for(it, "corner")) for t, it in zip(greedy_texts, items)])
     if reasoning == "boxes":
         rel = [(t, it) for t, it in zip(greedy_texts, items) if (it.meta.get("query") or {}).get("type") == "relation"]
         box = box_reasoning_error([t for t, _ in rel], [it for _, it in rel])
         out.update(think_exact=box["think_exact"], corner_abs_error=box["corner_abs_error"])
     return out
+
+
+def _entropy(counts: Counter) -> float:
+    import math
+
+    n = sum(counts.values())
+    return -sum(c / n * math.log(c / n) for c in counts.values() if c) if n else 0.0
 
 
 def evaluate_model(model_dir: str | Path, eval_items: dict[str, Sequence[Item]], eval_cfg: dict[str, Any] | None = None,

@@ -36,7 +36,8 @@ def _restore_typing() -> None:
 
 # ------------------------------------------------------------------------------------------ config
 def test_study_config_has_every_arm_and_seed():
-    cfg = load_study_config(ROOT / "configs" / "study.json")
+    """The issue-8 (yes/no) study's config, kept to reproduce docs/study.md's numbers of that study."""
+    cfg = load_study_config(ROOT / "configs" / "study_yesno.json")
     assert set(cfg["arms"]) == {"grpo", "ptd_structured", "ptd_unstructured", "answer_distill", "grpo_kl_masked"}
     bs = branches(cfg)
     assert len(bs) == len(cfg["arms"]) * len(cfg["seeds"])
@@ -172,9 +173,11 @@ def test_report_tables_mean_and_spread_over_seeds():
 
 # ------------------------------------------------------------------------------------- flow (slow)
 @pytest.mark.slow
-def test_study_flow_two_arms_one_seed(tmp_path, monkeypatch):
-    """The whole DAG on configs/study_smoke.json: start -> prepare_data -> build_base -> train x2 ->
-    evaluate x2 -> join -> report -> end, with the artifacts the report reads."""
+def test_study_flow_fails_in_one_branch_and_resume_finishes_it(tmp_path, monkeypatch):
+    """The whole DAG on configs/study_smoke.json (3 arms, one seed): start -> prepare_data -> build_base ->
+    train x3 -> evaluate x3 -> join -> report -> end. The run is made to fail in the ``ptd_shuffled/0``
+    branch (``--fail_branch``); ``resume`` clones the finished tasks, trains that branch again and ends
+    with every artifact the report reads."""
     from metaflow import Flow, Runner, namespace
 
     (tmp_path / ".metaflow").mkdir()
@@ -187,35 +190,51 @@ def test_study_flow_two_arms_one_seed(tmp_path, monkeypatch):
     try:
         with Runner(str(FLOW), show_output=False, env=env, cwd=str(tmp_path),
                     config=[("config", str(SMOKE))]) as r:
-            result = r.run(max_workers=2)
-            status, stderr = result.status, result.stderr
+            failed = r.run(max_workers=2, fail_branch="ptd_shuffled/0")
+            assert failed.status == "failed"
+            origin = failed.run
+        _restore_typing()
+        with Runner(str(FLOW), show_output=False, env=env, cwd=str(tmp_path)) as r:
+            resumed = r.resume(origin_run_id=origin.id, max_workers=2)
+            status, stderr = resumed.status, resumed.stderr
     finally:
         _restore_typing()
     assert status == "successful", stderr[-3000:]
     namespace(None)
     run = Flow("StudyFlow").latest_run
+    assert run.id != origin.id and run.successful
+    assert "injected failure in branch ptd_shuffled/0" in str([t.exception for t in origin["train"] if not t.successful])
+    trains = {t.data.branch["arm"]: t for t in run["train"]}
+    # the branches that had finished were cloned from the failed run, the failed one trained again
+    assert trains["grpo"].metadata_dict.get("origin-run-id") == origin.id
+    assert trains["ptd_shuffled"].metadata_dict.get("origin-run-id") is None
     d = run.data
     cfg = json.loads(SMOKE.read_text())
-    # base model: a versioned model reference and its hint-ability measurement
     assert d.base_model and d.base_report["hint_ability"]["n"] > 0
     for k in ("acc_with_hint", "acc_without_hint", "acc_with_unstructured_hint"):
         assert 0.0 <= d.base_report["hint_ability"][k] <= 1.0
-    # one trained policy per (arm, seed)
-    assert set(d.policies) == {"grpo/0", "ptd_structured/0"}
+    gate = d.base_report["gate"]
+    assert gate["margins"]["n_candidates"] >= 20 and 0 <= gate["groups"]["all_fail_frac"] <= 1
+    assert set(gate["verdict"]) >= {"margin_met", "all_fail_met", "passed"}
+    assert d.data_manifest["audit"]["pass_rate"] == 1.0
+    assert set(d.policies) == {"grpo/0", "ptd_structured/0", "ptd_shuffled/0"}
     m = d.train_metrics
-    assert set(m["arm"]) == {"grpo", "ptd_structured"} and len(m) == 2 * cfg["train"]["max_steps"]
+    assert set(m["arm"]) == {"grpo", "ptd_structured", "ptd_shuffled"} and len(m) == 3 * cfg["train"]["max_steps"]
     assert (m[m["arm"] == "grpo"]["ptd_rollout_frac"] == 0).all()
     assert (m[m["arm"] == "grpo"]["kl_masked_rollout_frac"] == 0).all()
-    for col in ("accuracy", "student_entropy", "response_length", "informative_groups"):
+    for col in ("accuracy", "student_entropy", "response_length", "informative_groups", "kl_ref_true"):
         assert m[col].notna().all(), col
-    # evaluation: base + both arms on both splits
+    assert (m["kl_ref_true"] >= 0).all()  # k3 on every rollout: non-negative term by term
     ev = d.eval_results
-    assert set(ev["arm"]) == {"base", "grpo", "ptd_structured"} and set(ev["split"]) == {"id", "ood"}
+    assert set(ev["arm"]) == {"base", "grpo", "ptd_structured", "ptd_shuffled"} and set(ev["split"]) == {"id", "ood"}
     assert ev[ev["metric"] == "greedy_accuracy"]["value"].between(0, 1).all()
     n_eval = cfg["n_eval"]
     assert ev[ev["metric"] == "greedy_top_answer_share"]["value"].between(1 / n_eval, 1).all()
-    assert len(d.solvable) == 2 and len(d.groups) > 0
-    assert "delta_vs_grpo" in d.summary and len(d.final_table) == 6
+    assert len(d.solvable) == 3 and len(d.groups) > 0
+    assert "delta_vs_grpo" in d.summary and len(d.final_table) == 8
+    assert set(d.accuracy_table["id"]["arm"]) == {"base", "grpo", "ptd_structured", "ptd_shuffled"}
+    assert len(d.claims) == 5 and d.summary["run"] == f"StudyFlow/{run.id}"
+    assert d.wall_time_s >= d.summary["train_time_s"] > 0  # counted from the origin run's start
     from metaflow.cards import get_cards
 
     cards = [c for c in get_cards(run["report"].task) if c.id == "study"]
@@ -223,5 +242,155 @@ def test_study_flow_two_arms_one_seed(tmp_path, monkeypatch):
     payloads = [json.loads(base64.b64decode(b)) for b in
                 re.findall(r'window\.__MF_DATA__\["[^"]+"\]\s*=\s*"([A-Za-z0-9+/=]+)"', cards[0].get())]
     text = json.dumps(payloads)
-    assert "data:image/png;base64" in text and "Base model: can it use a hint?" in text
+    assert "data:image/png;base64" in text and "The gate" in text and "The paper's claims" in text
     _restore_typing()
+
+
+# --------------------------------------------------------------------------- issue 16: the open-answer study
+def test_open_answer_study_config_arms_and_what_each_isolates():
+    cfg = load_study_config(ROOT / "configs" / "study.json")
+    assert set(cfg["arms"]) == {"grpo", "ptd_structured", "ptd_shuffled", "grpo_kl_matched", "answer_distill",
+                                "ptd_unstructured"}
+    assert len(cfg["seeds"]) >= 5 and cfg["data"]["families"] == ["grid_color"] and cfg["eval"]["k"] == 8
+    by = {(b["arm"], b["seed"]): b for b in branches(cfg)}
+    s = cfg["seeds"][0]
+    assert by[("ptd_shuffled", s)]["hints"] == "shuffled" and by[("ptd_shuffled", s)]["train"]["ptd"]["enabled"]
+    assert by[("ptd_unstructured", s)]["hints"] == "unstructured"
+    assert by[("answer_distill", s)]["train"]["ptd"]["teacher_context"] == "answer"
+    matched, grpo = by[("grpo_kl_matched", s)]["train"], by[("grpo", s)]["train"]
+    assert matched["kl_coef"] > grpo.get("kl_coef", 0.01) and not matched["ptd"]["enabled"]
+    # the arms differ only in hints, ptd and the KL coefficient
+    for b in by.values():
+        rest = {k: v for k, v in b["train"].items() if k not in ("ptd", "seed", "kl_coef")}
+        assert rest == {k: v for k, v in grpo.items() if k not in ("ptd", "seed", "kl_coef")}
+    assert cfg["base"]["dots"] == "random" and cfg["base"]["answer_frac"] > 0  # see docs/study.md, the gate
+
+
+def test_shuffled_hints_are_a_derangement_readdressed_to_each_item():
+    from ptdpo.hints import render_context
+    from ptdpo.study.base_model import DataSpec, oracle_hints
+    from ptdpo.study.hint_modes import derangement, prepare_hints
+
+    items = DataSpec(families=["grid_color"], difficulty=[1, 1], image_size=96).generate(12, split="train")
+    dicts = {k: h.to_dict() for k, h in oracle_hints(items).items()}
+    assert len(dicts) == 12
+    perm = derangement(list(dicts), seed=3)
+    assert sorted(perm.values()) == sorted(perm) and all(k != v for k, v in perm.items())
+    assert derangement(list(dicts), seed=3) == perm and derangement(list(dicts), seed=4) != perm
+    shuffled = prepare_hints("shuffled", dicts, seed=3)
+    by_id = {it.id: it for it in items}
+    for item_id, h in shuffled.items():
+        src = perm[item_id]
+        assert h.item_id == item_id and h.generator["shuffled_from"] == src
+        assert h.regions[0].bbox == dicts[src]["regions"][0]["bbox"]  # another item's box
+        render_context(by_id[item_id], h, "hint")  # the teacher accepts it as this item's hint
+    assert prepare_hints(None, dicts) == {} and prepare_hints("unstructured", dicts)[items[0].id].kind == "unstructured"
+    with pytest.raises(ValueError, match="at least 2"):
+        derangement(["one"], 0)
+    with pytest.raises(ValueError, match="hints kind"):
+        prepare_hints("sometimes", dicts)
+
+
+def test_t_and_wilson_intervals_by_hand():
+    from ptdpo.study.stats import binomial_interval, fmt_interval, t_interval
+
+    m, lo, hi = t_interval([0.1, 0.2, 0.3, 0.4, 0.5])
+    sd = math.sqrt(sum((x - 0.3) ** 2 for x in [0.1, 0.2, 0.3, 0.4, 0.5]) / 4)
+    assert m == pytest.approx(0.3) and hi - m == pytest.approx(2.776 * sd / math.sqrt(5)) and m - lo == pytest.approx(hi - m)
+    assert math.isnan(t_interval([0.5])[1]) and math.isnan(t_interval([])[0])
+    p, lo, hi = binomial_interval(32, 64)
+    assert p == 0.5 and lo == pytest.approx(0.3810, abs=1e-3) and hi == pytest.approx(0.6190, abs=1e-3)
+    assert binomial_interval(0, 64)[1] == 0.0 and binomial_interval(0, 64)[2] == pytest.approx(0.0565, abs=1e-3)
+    assert fmt_interval(0.5, 0.4, 0.6) == "0.500 [0.400, 0.600]" and fmt_interval(0.5, float("nan"), 1) == "0.500"
+
+
+def _eval_rows(values: dict[str, list[float]], metric: str = "avg@8") -> pd.DataFrame:
+    return pd.DataFrame([{"arm": arm, "seed": s, "split": "id", "metric": metric, "value": v}
+                         for arm, vs in values.items() for s, v in enumerate(vs)])
+
+
+def test_paired_intervals_and_the_claims_verdicts():
+    from ptdpo.study.tables import claims_table, interval_table, kl_match, paired_delta, paired_table
+
+    ev = _eval_rows({"grpo": [0.10, 0.20, 0.15, 0.30, 0.25], "ptd_structured": [0.20, 0.31, 0.24, 0.41, 0.35],
+                     "ptd_shuffled": [0.05, 0.35, 0.10, 0.40, 0.20], "ptd_unstructured": [0.0, 0.1, 0.05, 0.2, 0.15]})
+    d = paired_delta(ev, "ptd_structured", "grpo", "avg@8")
+    assert d["n_pairs"] == 5 and d["mean"] == pytest.approx(0.102) and d["low"] > 0  # paired: a small spread
+    t = interval_table(ev, "avg@8")
+    assert list(t["arm"]) == ["grpo", "ptd_structured", "ptd_shuffled", "ptd_unstructured"] and (t["n_seeds"] == 5).all()
+    pt = paired_table(ev, "avg@8")
+    assert dict(zip(pt["arm"], pt["excludes_0"]))["ptd_structured"] == "above 0"
+    tm = pd.DataFrame([{"arm": a, "seed": s, "step": k, "student_entropy": e - 0.01 * k * (a == "answer_distill"),
+                        "kl_ref_true": kl} for a, e, kl in (("ptd_structured", 0.5, 0.02), ("answer_distill", 0.5, 0.5),
+                                                             ("grpo_kl_matched", 0.4, 0.022))
+                       for s in range(5) for k in range(20)])
+    claims = dict(zip(*claims_table(ev, tm)[["claim", "verdict"]].values.T))
+    assert claims["PTD-PO > GRPO when groups fail"] == "supported"
+    assert claims["PTD-PO > PTD-PO with shuffled hints (privileged information, not the pull)"].startswith("not shown")
+    assert claims["structured hints > unstructured hints"] == "supported"
+    assert claims["hints keep entropy where answer-conditioning collapses it"] == "supported"
+    # trained but not evaluated: no held-out pairs, so no verdict
+    assert claims["PTD-PO > GRPO with its KL to the reference matched (not regularisation alone)"] == "not measured"
+    km = kl_match(tm)
+    assert km["matched"] is True and km["ratio"] == pytest.approx(1.1)
+    assert kl_match(tm, arm="answer_distill")["matched"] is False
+
+
+def test_gate_margins_by_hand_and_marginalised_over_the_think_block():
+    from ptdpo.models.tiny import build_tiny_qwen3vl
+    from ptdpo.study.base_model import DataSpec, oracle_hints
+    from ptdpo.study.gate import (
+        answer_logprobs,
+        answer_margins,
+        candidate_logprobs,
+        gate_verdict,
+        group_outcomes,
+        margins_from_logprobs,
+        think_options,
+    )
+
+    lp = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3]]))
+    r = margins_from_logprobs(lp, [0, 2])
+    assert r["margin"] == pytest.approx([math.log(3.5), math.log(0.6)]) and r["top1"] == [1.0, 0.0]
+    assert r["p_gold"] == pytest.approx([0.7, 0.3])
+    items = DataSpec(families=["grid_color"], difficulty=[1, 1], image_size=96).generate(2, split="val")
+    model, proc = build_tiny_qwen3vl("0.5m", seed=0)
+    cands = ["teal", "rose", items[0].answer, items[1].answer]
+    opts = think_options(items[0], "corner")
+    assert len(opts) == 9 and "({},{})".format(*items[0].meta["evidence"][0]["bbox"][:2]) in opts
+    joint = candidate_logprobs(model, proc, [items[0]] * 9, [None] * 9, cands, opts)
+    marg = answer_logprobs(model, proc, items[:1], [None], cands, reasoning="corner")
+    assert torch.allclose(marg[0], joint.logsumexp(0), atol=1e-5)
+    hints = oracle_hints(items)
+    m = answer_margins(model, proc, items, hints, sorted(set(cands)), reasoning="corner")
+    assert m["n"] == 2 and set(m) >= {"margin_student", "margin_hint", "margin_answer", "margin_gain", "p_gold_gain"}
+    g = group_outcomes(model, proc, items, group_size=4, max_new_tokens=4)
+    assert g["all_fail_frac"] == 1.0 and g["rollout_accuracy"] == 0.0  # a random model answers nothing
+    v = gate_verdict({"margin_gain": 1.5, "p_gold_gain": 0.2}, {"all_fail_frac": 0.5})
+    assert v["passed"] and not gate_verdict({"margin_gain": 1.5, "p_gold_gain": -0.1}, {"all_fail_frac": 0.5})["passed"]
+
+
+def test_true_kl_counts_every_rollout_masked_or_not():
+    """``kl_ref_true`` is KL(pi || pi_ref) by k3 on EVERY policy-gradient token, where kl_ref_all counts
+    masked tokens as 0: checked in float64 by hand, through the loss and the step's totals."""
+    from ptdpo import metrics as M
+    from ptdpo.objectives import ptdpo_loss
+    from ptdpo.objectives.loss import LossCounts
+
+    g = torch.Generator().manual_seed(0)
+    lp = -torch.rand(3, 4, generator=g, dtype=torch.float64)
+    ref = -torch.rand(3, 4, generator=g, dtype=torch.float64)
+    pg_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    kl_mask = pg_mask & torch.tensor([[True], [False], [False]])  # PTD masked the KL on rollouts 1 and 2
+    counts = LossCounts(pg_tokens=int(pg_mask.sum()), pg_seqs=3, kl_tokens=int(kl_mask.sum()), ptd_tokens=0)
+    _, parts = ptdpo_loss(counts, log_prob=lp, old_log_prob=lp.detach(), advantages=torch.zeros(3, dtype=torch.float64),
+                          pg_mask=pg_mask, ref_log_prob=ref, kl_mask=kl_mask, kl_coef=0.01)
+    r = ref - lp
+    k3 = (r.exp() - r - 1)[pg_mask].sum()
+    assert parts["kl_ref_true_sum"].item() == pytest.approx(k3.item(), rel=1e-12)
+    t = M.UpdateTotals(true_kl=True)
+    t.add(parts, pg_tokens=int(pg_mask.sum()))
+    out = t.metrics(counts, lambda_ptd=0.0)
+    assert out["kl_ref_true"] == pytest.approx(k3.item() / 9) and "kl_ref_true" in M.BY_NAME
+    assert out["kl_ref_all"] < out["kl_ref_true"]  # the masked rollouts count as zero there
+    assert "kl_ref_true" not in M.UpdateTotals().metrics(counts, lambda_ptd=0.0)  # no reference, no row

@@ -5,7 +5,8 @@ Deterministic. It follows the zero-spoiler rule by construction and then checks 
 - regions come from ``meta.evidence``. For counting-type questions (count, sum, difference,
   more_than) the evidence boxes of each group are merged into ONE padded box labelled with the group's
   plural noun ("red circles"): one box per counted object would give the count away. Relation and
-  extreme questions get one box per object (at most ``max_regions``); other questions one merged box
+  extreme questions, and ``marked`` ones (the object with a mark, ``grid_color``), get one box per object
+  (at most ``max_regions``); other questions one merged box
   per evidence label;
 - steps are ``meta.method`` and traps ``meta.traps`` (answer-free by the data contract);
 - every label, reason, step and trap is audited on its own (``audit_text``); a sentence that would leak
@@ -34,6 +35,7 @@ _WHY = {
     "count": "the {label} to count are somewhere in this area; check them all",
     "relation": "an object the question relates; compare positions using box centres",
     "extreme": "a candidate; compare its position with the other candidates",
+    "marked": "the object the question singles out; read the asked attribute here",
     "most": "the {label} to group and count",
     "number": "the written numbers are here; read each of them in full",
     "default": "relevant to the question",
@@ -90,7 +92,7 @@ def _regions(item: Item, pad: int, max_regions: int) -> tuple[list[dict[str, Any
                 regions.append({"bbox": _union(boxes, pad), "label": label, "why": _WHY["count"].format(label=label)})
         return regions[:max_regions], "count"
     labels = [str(e.get("label") or "object") for e in evidence]
-    if qtype in ("relation", "extreme") and 0 < len(evidence) <= max_regions:
+    if qtype in ("relation", "extreme", "marked") and 0 < len(evidence) <= max_regions:
         kind = qtype
         pairs = list(zip(evidence, labels))
         if qtype == "extreme":  # the metadata may list the answer first: an order that says nothing

@@ -117,6 +117,7 @@ def ptdpo_loss(
 
     Returns (loss, parts); parts are detached 0-dim tensors: ``pg_loss``, ``kl_ref``, ``ptd_loss``
     (each term's share, unweighted), ``papo_loss`` (L_PAPO's share, weighted), ``kl_ref_sum``,
+    ``kl_ref_true_sum`` (the k3 KL(pi || pi_ref) summed over every policy-gradient token, a diagnostic),
     ``ptd_loss_sum``, ``perception_kl_sum``, ``papo_entropy_sum`` and ``papo_masked_entropy_sum`` (token
     sums, for exact means after summing over micro-batches and ranks), and the policy loss's statistics.
     """
@@ -151,6 +152,10 @@ def ptdpo_loss(
             pieces.append(kl_coef * kl_share)
             parts["kl_ref_sum"] = kl_sum.detach()
             parts["kl_ref"] = kl_share.detach()
+            # a diagnostic, not a loss term: KL(pi || pi_ref) on EVERY policy-gradient token, masked or not
+            # (Schulman's k3, unbiased and >= 0 under samples of pi, whatever the loss's estimator)
+            true_kl = kl_penalty(log_prob.detach(), ref_log_prob, "k3", "reverse")
+            parts["kl_ref_true_sum"] = torch.where(pg_mask.bool(), true_kl, torch.zeros_like(true_kl)).sum()
         if masked_log_prob is not None:
             papo_tok, terms = perception_terms(log_prob, masked_log_prob, perception_coef, entropy_coef,
                                                masked_entropy_coef, perception_kl_clamp)

@@ -10,8 +10,9 @@
      "eval": {"max_new_tokens": 16, "k": 4, "temperature": 1.0}}
 
 An arm's ``train`` is merged into the shared ``train`` (objects recursively, like a JSON merge patch);
-its ``hints`` says which hints the trainer gets: ``"structured"`` (the audited oracle hints),
-``"unstructured"`` (the same hints as one paragraph) or ``null`` (none).
+its ``hints`` says which hints the trainer gets (``ptdpo.study.hint_modes``): ``"structured"`` (the audited
+oracle hints), ``"unstructured"`` (the same hints as one paragraph), ``"shuffled"`` (the structured hints
+moved across items: the control without privileged information) or ``null`` (none).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ptdpo.config import merge_patch, train_config_from_dict
+from ptdpo.study.hint_modes import HINT_KINDS
 
-HINT_KINDS = ("structured", "unstructured", None)
 STUDY_KEYS = {"name", "description", "data", "n_train", "n_eval", "base", "train", "arms", "seeds", "eval", "notes"}
 
 

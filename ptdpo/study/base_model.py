@@ -68,7 +68,8 @@ class WarmStartSpec:
     # "look"), or for spatial relation items a value a reader of the hint can copy from its boxes:
     # "coords" the leading digit of the relevant edge coordinate of each object ("a 1 b 4"), "coords_rel"
     # the same after the relation ("left of 1 4"), "boxes" the relation and the first corner of both boxes
-    # verbatim ("left of (109,62) (328,62)"; many copied tokens per item, the one a 0.5M model learned)
+    # verbatim ("left of (109,62) (328,62)"; many copied tokens per item, the one a 0.5M model learned);
+    # for grid_color items "corner" is the first corner of the hint's box ("(333,0)"): locate, then read
     reasoning: str = "look"
     unstructured_frac: float = 0.0  # of the hinted examples, the fraction that see the paragraph form
     # fraction of examples whose prompt carries the ANSWER block ("Reference answer: yes"), as a real
@@ -76,6 +77,10 @@ class WarmStartSpec:
     answer_frac: float = 0.0
     eval_items: int = 128
     eval_max_new_tokens: int = 16  # greedy decoding budget of the hint-ability check (must fit the think block)
+    # grid_color items: "keep" their images; "random": redraw them with white dots on random squares, so that
+    # only the hint's box tells which square is answered (``grid_warmup``; the student starts weak)
+    dots: str = "keep"
+    dot_prob: float = 0.5
 
 
 def oracle_hints(items: Sequence[Item]) -> dict[str, Hint]:
@@ -162,10 +167,14 @@ _REL_AXIS = {"left of": 0, "right of": 0, "above": 1, "below": 1}
 
 def reasoning_for(item: Item, mode: str) -> str:
     """The think-block text of an item's warm-start target (see ``WarmStartSpec.reasoning``)."""
-    if mode not in ("coords", "coords_rel", "boxes"):
+    if mode not in ("coords", "coords_rel", "boxes", "corner"):
         return mode
     q = item.meta.get("query") or {}
     ev = item.meta.get("evidence") or []
+    if mode == "corner":  # the first corner of the (one) evidence box: where the hint says to look
+        if q.get("type") != "marked" or not ev:
+            return "look"
+        return "({},{})".format(*ev[0]["bbox"][:2])
     if q.get("type") != "relation" or len(ev) < 2:
         return "look"
     axis = _REL_AXIS[q["relation"]]
@@ -183,9 +192,16 @@ def warm_start_examples(
 ) -> tuple[list[Item], list[str], list[str | None]]:
     """The SFT mixture: every item once, with the answer block (prob. ``answer_frac``), the hint
     (prob. ``hint_frac``) or no context (the rest)."""
+    from ptdpo.study.grid_warmup import redraw_uninformative
+
+    if spec.dots not in ("keep", "random"):
+        raise ValueError(f"base.dots must be 'keep' or 'random', got {spec.dots!r}")
     rng = random.Random(f"warm|{seed}")
+    dot_rng = random.Random(f"warm-dots|{seed}")
     xs, ys, cs = [], [], []
     for it in items:
+        if spec.dots == "random":
+            it = redraw_uninformative(it, dot_rng, spec.dot_prob)
         target = format_target(reasoning_for(it, spec.reasoning), it.answer)
         ctx = None
         u = rng.random()

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from ptdpo.answers.words import CHOICE_LETTERS
 from ptdpo.data.schema import Item
-from ptdpo.data.synthetic.registry import FAMILIES, FAMILY_SPECS, draw_scene
+from ptdpo.data.synthetic.registry import ALL_FAMILY_SPECS, FAMILIES, draw_scene
 from ptdpo.data.synthetic.scene import BASE_OBJECTS, Retry, answer_free, mentions_term
 
 GENERATOR_VERSION = "synthetic-v1"
@@ -41,8 +41,8 @@ def generate_item(
     ood: bool = False,
 ) -> Item:
     """One synthetic item; deterministic in all its arguments."""
-    if family not in FAMILY_SPECS:
-        raise ValueError(f"unknown family {family!r}; known: {list(FAMILIES)}")
+    if family not in ALL_FAMILY_SPECS:
+        raise ValueError(f"unknown family {family!r}; known: {list(ALL_FAMILY_SPECS)}")
     if difficulty not in BASE_OBJECTS:
         raise ValueError(f"difficulty must be 1..5, got {difficulty}")
     W, H = _size(image_size)
@@ -106,8 +106,8 @@ def generate_synthetic(
     """
     fams = tuple(families) if families else FAMILIES
     for f in fams:
-        if f not in FAMILY_SPECS:
-            raise ValueError(f"unknown family {f!r}; known: {list(FAMILIES)}")
+        if f not in ALL_FAMILY_SPECS:
+            raise ValueError(f"unknown family {f!r}; known: {list(ALL_FAMILY_SPECS)}")
     lo, hi = (difficulty, difficulty) if isinstance(difficulty, int) else (int(difficulty[0]), int(difficulty[1]))
     if not 1 <= lo <= hi <= 5:
         raise ValueError(f"difficulty must lie in 1..5 with lo <= hi, got {difficulty}")

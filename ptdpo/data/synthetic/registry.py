@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ptdpo.data.synthetic import counting, digits, spatial
+from ptdpo.data.synthetic import counting, digits, grid, spatial
 
 Template = Callable[..., dict]
 Picker = Callable[[random.Random, int, bool], tuple[str, dict[str, Any]]]
@@ -65,8 +65,16 @@ FAMILY_SPECS: dict[str, Family] = {
 
 FAMILIES = tuple(FAMILY_SPECS)
 
+# Opt-in families: generated only when a config names them (``families``), never in the default cycle, so
+# that adding one changes no existing item. ``grid_color`` has an open answer set of 25 colour names and a
+# grid laid out on the visual tokens (the learning-signal study, docs/study.md).
+OPT_IN_TEMPLATES: dict[str, Template] = {"marked_cell": grid.marked_cell}
+OPT_IN_FAMILY_SPECS: dict[str, Family] = {"grid_color": Family(("marked_cell",), _only("marked_cell"))}
+ALL_TEMPLATES: dict[str, Template] = {**TEMPLATES, **OPT_IN_TEMPLATES}
+ALL_FAMILY_SPECS: dict[str, Family] = {**FAMILY_SPECS, **OPT_IN_FAMILY_SPECS}
+
 
 def draw_scene(family: str, rng: random.Random, d: int, ood: bool, W: int, H: int) -> dict:
     """One scene of ``family``: its picker chooses the template, the template draws the scene."""
-    name, drawn = FAMILY_SPECS[family].pick(rng, d, ood)
-    return TEMPLATES[name](rng, d, ood, W, H, **drawn)
+    name, drawn = ALL_FAMILY_SPECS[family].pick(rng, d, ood)
+    return ALL_TEMPLATES[name](rng, d, ood, W, H, **drawn)
