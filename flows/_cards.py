@@ -250,6 +250,13 @@ def results_components(summary: Mapping[str, Any], comparison: pd.DataFrame, eva
     models = [c for c in comparison.columns if c != "benchmark" and "Δ" not in c]
     rel_cols = {c: (lambda v, row: relative_cell(v, row)) for c in comparison.columns if "Δrel%" in c}
     out.extend(tables(comparison, key="benchmark", cells=rel_cols))
+    intervals = summary.get("accuracy_intervals") or []
+    if intervals:
+        out.append(Markdown("### Base vs trained, with 95% intervals"))
+        out.extend(Markdown(f"**{r['benchmark']}:** {r['sentence']}") for r in intervals)
+        out.append(say("Intervals: Wilson for each accuracy over the benchmark's items; Newcombe for the "
+                       "difference, which treats the two models' scores as independent samples (they are scored "
+                       "on the same items, so the true interval is narrower: the statement is conservative)."))
     for n in notes or []:
         out.append(Markdown(f"**Why:** {n}"))
     out.extend(accuracy_chart(comparison, models))

@@ -100,7 +100,8 @@ def _find_parent(ref: str, config_dir: Path, base_dir: Path | None, seen: tuple[
 def resolve_config_paths(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     """One config file's own keys with their relative local paths made absolute against ``base_dir``, the
     file's folder: every dataset spec of ``data`` and ``eval.benchmarks[].dataset``
-    (``ptdpo.data.spec.resolve_spec_paths``), ``hints.cache_dir`` and ``tracking.tensorboard_dir``."""
+    (``ptdpo.data.spec.resolve_spec_paths``), ``hints.cache_dir``, ``tracking.tensorboard_dir``, and
+    ``train.policy`` when it is written as a relative path (``./`` or ``../``: a saved model folder)."""
     from ptdpo.data.spec import resolve_spec_paths
 
     cfg = copy.deepcopy(cfg)
@@ -113,6 +114,10 @@ def resolve_config_paths(cfg: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     for b in benches if isinstance(benches, list) else []:
         if isinstance(b, dict) and isinstance(b.get("dataset"), dict):
             b["dataset"] = resolve_spec_paths(b["dataset"], base_dir)
+    train = cfg.get("train")
+    policy = train.get("policy") if isinstance(train, dict) else None
+    if isinstance(policy, str) and policy.startswith(("./", "../")):  # a local folder, written as a path
+        train["policy"] = str((base_dir / policy).resolve())
     for section, key in (("hints", "cache_dir"), ("tracking", "tensorboard_dir")):
         value = (cfg.get(section) or {}).get(key) if isinstance(cfg.get(section), dict) else None
         if isinstance(value, str) and value and "://" not in value and not value.startswith(("/", "~")):

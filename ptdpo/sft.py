@@ -16,12 +16,16 @@ import torch
 from ptdpo.data.schema import Item, item_images
 from ptdpo.models.multimodal import completion_hidden_states, encode_prompts
 from ptdpo.objectives import chunked_token_logprobs
-from ptdpo.prompts import build_messages
+from ptdpo.prompts import LIBRARY_TEMPLATE, build_messages, get_template
 from ptdpo.rollout.records import collate_completions
 
 
-def format_target(reasoning: str, answer: str) -> str:
-    """A response in the format the reward checks: think block, then answer block."""
+def format_target(reasoning: str, answer: str, template: str = LIBRARY_TEMPLATE) -> str:
+    """A response in the format the reward checks for the prompt ``template``: the think block, then the
+    answer block (``answer_tags``) or the box (``boxed``, the paper's)."""
+    if template == "boxed":
+        return f"<think>{reasoning}</think>\\boxed{{{answer}}}"
+    get_template(template)  # an unknown name is an error here, not a silently wrong target
     return f"<think>{reasoning}</think><answer>{answer}</answer>"
 
 
@@ -35,9 +39,10 @@ def sft_warm_start(
     batch_size: int = 8,
     contexts: Sequence[str | None] | None = None,
     seed: int = 0,
+    template: str = LIBRARY_TEMPLATE,
 ) -> list[float]:
     """Train ``model`` in place on (prompt of ``items[i]`` [+ ``contexts[i]``], ``targets[i]``)
-    pairs; return the per-step mean token NLL."""
+    pairs, prompts built with the prompt ``template``; return the per-step mean token NLL."""
     if len(items) != len(targets):
         raise ValueError(f"{len(items)} items but {len(targets)} targets")
     contexts = list(contexts) if contexts is not None else [None] * len(items)
@@ -57,7 +62,7 @@ def sft_warm_start(
             order.extend(extra)
         idx, order = order[:batch_size], order[batch_size:]
         batch_items = [items[i] for i in idx]
-        messages = [build_messages(it, context_block=contexts[i]) for it, i in zip(batch_items, idx)]
+        messages = [build_messages(it, context_block=contexts[i], template=template) for it, i in zip(batch_items, idx)]
         prompts = encode_prompts(processor, messages, [item_images(it) for it in batch_items])
         ids, mask = collate_completions([encoded_targets[i] for i in idx], pad)
         h = completion_hidden_states(model, prompts, ids, mask)

@@ -52,6 +52,41 @@ def comparison_table(eval_results: pd.DataFrame, baselines: Mapping[str, pd.Data
     return compare_results(rows, baseline=models[0] if models else None, metric=metric, models=models)
 
 
+def accuracy_intervals(eval_results: pd.DataFrame, base: str = "base", trained: str = "trained",
+                       metric: str = "accuracy") -> list[dict[str, Any]]:
+    """Per benchmark evaluated for both models: each accuracy with its 95% Wilson interval over the ``n``
+    items, the difference trained - base with Newcombe's 95% interval (as independent samples: conservative
+    for the same items), whether that interval excludes 0, and a sentence saying so."""
+    from ptdpo.study.stats import binomial_interval, difference_interval, fmt_interval
+
+    if eval_results is None or not len(eval_results):
+        return []
+    df = eval_results[eval_results["metric"] == metric]
+    out = []
+    for bench, g in df.groupby("benchmark", sort=False):
+        rows = {m: r for m, r in zip(g["model"], g.itertuples(index=False))}
+        if base not in rows or trained not in rows:
+            continue
+        (pb, nb), (pt, nt) = ((float(rows[m].value), int(rows[m].n)) for m in (base, trained))
+        if math.isnan(pb) or math.isnan(pt) or nb <= 0 or nt <= 0:
+            continue
+        ib, it, d = binomial_interval(pb * nb, nb), binomial_interval(pt * nt, nt), difference_interval(pb, nb, pt, nt)
+        side = "above 0" if d[1] > 0 else "below 0" if d[2] < 0 else "includes 0"
+        verdict = {"above 0": "the interval of trained minus base excludes 0: training raised the accuracy",
+                   "below 0": "the interval of trained minus base excludes 0: training lowered the accuracy",
+                   "includes 0": "the interval of trained minus base includes 0: no change is shown at this "
+                                 "sample size"}[side]
+        out.append({
+            "benchmark": str(bench), "n_base": nb, "n_trained": nt,
+            "base": pb, "base_low": ib[1], "base_high": ib[2], "trained": pt, "trained_low": it[1], "trained_high": it[2],
+            "delta": d[0], "delta_low": d[1], "delta_high": d[2], "delta_excludes_0": side != "includes 0",
+            "sentence": (f"On {bench} ({nt} held-out items), base accuracy {fmt_interval(pb, *ib[1:])} and trained "
+                         f"accuracy {fmt_interval(pt, *it[1:])} (95% intervals); trained minus base "
+                         f"{fmt_interval(*d)}: {verdict}."),
+        })
+    return out
+
+
 def training_summary(train_metrics: pd.DataFrame, last: int = 5) -> dict[str, Any]:
     """First/last values of the curves (last = mean over the final ``last`` steps)."""
     if train_metrics is None or len(train_metrics) == 0:
@@ -123,6 +158,7 @@ def build_summary(
         "audit_pass_rate": audit.get("pass_rate"),
         "training": {**training_summary(train_metrics), **train_info},
         "results": bench,
+        "accuracy_intervals": accuracy_intervals(eval_results),
         "eval_errors": errors,
     }
 

@@ -62,7 +62,7 @@ def test_every_config_validates(name):
 
 
 def test_tiny_is_small_and_local():
-    cfg = cfg_of("tiny.json")
+    cfg = cfg_of("tiny-test.json")  # the fast test config (tiny.json, the default run: test_main_job_config)
     assert cfg["train"]["policy"] == "tiny:0.5m"
     assert cfg["data"]["train"]["format"] == "synthetic"
     assert cfg["hints"]["generator"]["name"] == "oracle"
@@ -137,7 +137,7 @@ def test_baselines_change_only_the_objective():
 
 
 def test_two_node_configs_differ_from_their_parent_only_in_the_node_count():
-    for name, parent in (("tiny-2node.json", "tiny.json"), ("qwen3vl-8b-2node.json", "qwen3vl-8b.json")):
+    for name, parent in (("tiny-2node.json", "tiny-test.json"), ("qwen3vl-8b-2node.json", "qwen3vl-8b.json")):
         cfg, base = cfg_of(name), cfg_of(parent)
         assert run_config_from_dict(cfg).train_nodes == 2 and run_config_from_dict(base).train_nodes == 1
         assert {k: v for k, v in cfg["resources"]["train"].items() if k != "nodes"} == base["resources"]["train"]
@@ -180,7 +180,7 @@ def test_kubernetes_step_settings_overlay_the_defaults():
 
 # ------------------------------------------------------------------------------------- rejections
 def _broken(mutate) -> dict:
-    cfg = copy.deepcopy(cfg_of("tiny.json"))
+    cfg = copy.deepcopy(cfg_of("tiny-test.json"))
     mutate(cfg)
     return cfg
 

@@ -346,7 +346,7 @@ def test_flow_runs_on_s3_and_retry_restores_the_checkpoint(s3_env, tmp_path):
     """The whole DAG on the S3 datastore (moto). Train fails after step 2 on its first attempt; the
     ``@retry`` attempt gets that checkpoint back from S3 and trains step 3 only."""
     cfg = {
-        "extends": str(ROOT / "configs" / "tiny.json"), "name": "tiny-s3",
+        "extends": str(ROOT / "configs" / "tiny-test.json"), "name": "tiny-s3",
         "hints": {"shards": 1},
         "train": {"max_steps": 3, "checkpoint_every": 2},
         "eval": {"benchmarks": [{"name": "synthetic_ood", "limit": 2}], "models": ["trained"]},

@@ -41,7 +41,7 @@ def _restore_typing() -> None:
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOW = ROOT / "flows" / "ptdpo_flow.py"
-TINY = ROOT / "configs" / "tiny.json"
+TINY = ROOT / "configs" / "tiny-test.json"  # the fast test config (tiny.json: the default run)
 TINY_2NODE = ROOT / "configs" / "tiny-2node.json"
 RESULT_COLUMNS = ["benchmark", "model", "metric", "value", "n"]
 
@@ -92,7 +92,7 @@ def runner(tmp_path: Path, config: Path | None):
 
 
 def small_config(tmp_path: Path, base: Path = TINY, **overrides) -> Path:
-    """tiny.json (or ``base``), smaller still: one hint shard, one benchmark of two items, the trained model
+    """tiny-test.json (or ``base``), smaller still: one hint shard, one benchmark of two items, the trained model
     only."""
     cfg = {
         "extends": str(base), "name": "tiny-test",

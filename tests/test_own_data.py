@@ -60,8 +60,8 @@ def test_synthetic_keys_are_an_error_on_a_file_dataset(tmp_path):
         load_items({"format": "jsonl", "path": str(path), "n": 16, "difficulty": [1, 2]})
     assert "['n', 'difficulty'] only mean something for format 'synthetic'" in str(e.value)
     assert '"n": null, "difficulty": null' in str(e.value)
-    # a config extending tiny.json inherits them: the run config says where, and the null patch works
-    child = {"extends": "tiny.json", "data": {"train": {"format": "jsonl", "path": str(path)}}}
+    # a config extending tiny-test.json inherits them: the run config says where, and the null patch works
+    child = {"extends": "tiny-test.json", "data": {"train": {"format": "jsonl", "path": str(path)}}}
     with pytest.raises(RunConfigError) as e:
         parse_run_config(json.dumps(child))
     assert "data.train:" in str(e.value) and "'n'" in str(e.value) and "extends" in str(e.value)
@@ -74,7 +74,7 @@ def test_relative_paths_and_extends_come_from_the_config_files_folder(tmp_path, 
     project = tmp_path / "project"
     data = _folder(project / "data")
     (project / "configs").mkdir()
-    (project / "configs" / "base.json").write_text(json.dumps({"extends": "tiny.json", "name": "base"}))
+    (project / "configs" / "base.json").write_text(json.dumps({"extends": "tiny-test.json", "name": "base"}))
     cfg = {"extends": "base.json", "name": "mine",
            "data": {"train": {"format": "jsonl", "path": "../data/vqa.jsonl", "n": None, "seed": None,
                               "difficulty": None, "image_size": None, "fields": {"images": "image_path"}}},
@@ -83,7 +83,7 @@ def test_relative_paths_and_extends_come_from_the_config_files_folder(tmp_path, 
     (project / "configs" / "mine.json").write_text(json.dumps(cfg))
     monkeypatch.chdir(tmp_path)  # not the config's folder
     loaded = load_config_file(project / "configs" / "mine.json")
-    assert loaded["extends_chain"][:2] == ["base.json", "tiny.json"]
+    assert loaded["extends_chain"][:2] == ["base.json", "tiny-test.json"]
     assert Path(loaded["data"]["train"]["path"]) == (project / "configs" / "../data/vqa.jsonl")
     assert Path(loaded["data"]["train"]["path"]).resolve() == data.resolve()
     assert Path(loaded["eval"]["benchmarks"][0]["dataset"]["path"]).resolve() == data.resolve()

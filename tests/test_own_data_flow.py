@@ -2,7 +2,7 @@
 an image folder; word answers, 64x64 PNGs drawn here, not ptdpo's synthetic scenes) is converted with the
 recipe of docs/data.md, configured with the config of docs/data.md, and the main flow runs on it with
 hints from an OpenAI-compatible server on 127.0.0.1 (real HTTP; it answers with hints written for these
-items) and the audit at tiny.json's floor. One run serves every test here:
+items) and the audit at tiny-test.json's floor. One run serves every test here:
 
 - the run: hints from the server, the audit passed, the vqa answer mode, paths from the config's folder;
 - the training card, read from the datastore while ``train`` still runs, already shows a step;
@@ -261,7 +261,7 @@ def test_the_flow_runs_on_a_converted_public_vqa_set(own_run):
     assert all(len(it.images) == 1 and it.meta["answer_type"] == "vqa" for it in d.train_items)
     # hints came from the server, one request per item with its image, all usable, audit at its floor
     assert len(server.requests) == len(SCENES) and all(r["images"] == 1 for r in server.requests)
-    assert d.config["hints"]["audit"]["floor"] == 0.9  # tiny.json's floor, not lowered
+    assert d.config["hints"]["audit"]["floor"] == 0.9  # tiny-test.json's floor, not lowered
     assert d.hints["usable"].all() and d.audit_report["pass_rate"] >= 0.9
     assert set(d.hints["item_id"]) == {f"clevr-val-{i}" for i in range(len(SCENES))}
     # trained, evaluated with the vqa answer mode, samples kept for the report

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tiny(template: str | None = None, **extra) -> str:
-    cfg = json.loads((ROOT / "configs" / "tiny.json").read_text())
+    cfg = json.loads((ROOT / "configs" / "tiny-test.json").read_text())
     if template is not None:
         cfg["prompt"] = {"template": template}
     cfg.update(extra)

@@ -21,7 +21,7 @@ from ptdpo.config_fields import FieldProblems, PositiveInt, Probability, build, 
 from ptdpo.run_config import RunConfigError, load_run_config, parse_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "tiny.json"
+TINY = ROOT / "configs" / "tiny-test.json"
 
 # (patch over tiny.json as a user writes it, the key path the message must name, the value as shown)
 BAD_VALUES = [

@@ -110,7 +110,7 @@ def test_mlflow_and_wandb_are_optional_extras():
 @pytest.mark.parametrize("name", ["mlflow", "wandb"])
 def test_a_configured_tracker_without_its_client_says_how_to_install_it(name, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, name, None)  # as if not installed (an import of it raises ImportError)
-    cfg = load_config_file(ROOT / "configs" / "tiny.json")
+    cfg = load_config_file(ROOT / "configs" / "tiny-test.json")
     cfg["tracking"] = {name: {}}
     section = run_config_from_dict(cfg).tracking
     with pytest.raises(TrackingError, match=rf"pip install 'ptdpo\[{name}\]'"):
@@ -118,7 +118,7 @@ def test_a_configured_tracker_without_its_client_says_how_to_install_it(name, tm
 
 
 def test_the_tracking_section_is_typed():
-    cfg = load_config_file(ROOT / "configs" / "tiny.json")
+    cfg = load_config_file(ROOT / "configs" / "tiny-test.json")
     assert run_config_from_dict(cfg).tracking == TrackingSection()
     cfg["tracking"] = {"wandb": {"mode": "sometimes"}, "card_refresh_s": 0, "tensorbord": True}
     with pytest.raises(RunConfigError) as e:

@@ -81,6 +81,7 @@ class WarmStartSpec:
     # only the hint's box tells which square is answered (``grid_warmup``; the student starts weak)
     dots: str = "keep"
     dot_prob: float = 0.5
+    template: str = "answer_tags"  # the prompt template (ptdpo.prompts) of the warm start and of RL after it
 
 
 def oracle_hints(items: Sequence[Item]) -> dict[str, Hint]:
@@ -99,7 +100,7 @@ def hint_block(hint: Hint | None) -> str | None:
 @torch.no_grad()
 def greedy_responses(
     model, processor, items: Sequence[Item], contexts: Sequence[str | None] | None = None,
-    max_new_tokens: int = 16, batch_size: int = 32,
+    max_new_tokens: int = 16, batch_size: int = 32, template: str = "answer_tags",
 ) -> tuple[list[str], list[float]]:
     """Greedy responses (the transformers engine, ``batch_size`` rows per pass) and their accuracy (0/1)
     per item, with ``contexts[i]`` as the prompt's context block."""
@@ -108,10 +109,10 @@ def greedy_responses(
     contexts = list(contexts) if contexts is not None else [None] * len(items)
     model.eval()
     engine = TransformersEngine(model, processor, max_batch_rows=batch_size)
-    msgs = [build_messages(it, context_block=c) for it, c in zip(items, contexts)]
+    msgs = [build_messages(it, context_block=c, template=template) for it, c in zip(items, contexts)]
     prompts = engine.encode(msgs, [item_images(it) for it in items])
     texts = [s.text for s in engine.greedy(prompts, max_new_tokens)]
-    correct = [float(r.accuracy) for r in score_batch(texts, list(items), max_workers=1)]
+    correct = [float(r.accuracy) for r in score_batch(texts, list(items), max_workers=1, template=template)]
     return texts, correct
 
 
@@ -132,7 +133,7 @@ def think_of(response: str) -> str | None:
 
 
 def hint_ability(model, processor, items: Sequence[Item], hints: dict[str, Hint], max_new_tokens: int = 16,
-                 reasoning: str | None = None) -> dict[str, Any]:
+                 reasoning: str | None = None, template: str = "answer_tags") -> dict[str, Any]:
     """Greedy accuracy on ``items`` with the structured hint, the unstructured hint, the answer block and
     no context. With ``reasoning`` (a ``WarmStartSpec.reasoning`` mode whose think block depends on the
     item), also the fraction of responses whose think block is exactly the target one (``think_match_*``):
@@ -144,7 +145,8 @@ def hint_ability(model, processor, items: Sequence[Item], hints: dict[str, Hint]
         "with_unstructured_hint": [render_hint(to_unstructured(hints[it.id])) for it in items],
         "with_answer": [render_context(it, None, "answer") for it in items],
     }
-    res = {k: greedy_responses(model, processor, items, c, max_new_tokens) for k, c in contexts.items()}
+    res = {k: greedy_responses(model, processor, items, c, max_new_tokens, template=template)
+           for k, c in contexts.items()}
     mean = lambda xs: sum(xs) / max(len(xs), 1)  # noqa: E731
     without, with_s = res["without_hint"][1], res["with_hint"][1]
     out: dict[str, Any] = {"n": len(items)}
@@ -202,7 +204,7 @@ def warm_start_examples(
     for it in items:
         if spec.dots == "random":
             it = redraw_uninformative(it, dot_rng, spec.dot_prob)
-        target = format_target(reasoning_for(it, spec.reasoning), it.answer)
+        target = format_target(reasoning_for(it, spec.reasoning), it.answer, spec.template)
         ctx = None
         u = rng.random()
         if spec.answer_frac and u < spec.answer_frac:
@@ -229,7 +231,7 @@ def build_base_model(spec: WarmStartSpec, data: DataSpec, measure: bool = True) 
     hints = oracle_hints(items)
     xs, ys, cs = warm_start_examples(items, hints, spec, seed=spec.model_seed)
     losses = sft_warm_start(model, processor, xs, ys, steps=spec.steps, lr=spec.lr, batch_size=spec.batch_size,
-                            contexts=cs, seed=spec.model_seed)
+                            contexts=cs, seed=spec.model_seed, template=spec.template)
     report: dict[str, Any] = {
         "spec": asdict(spec), "data": asdict(data), "sft_loss_first": losses[0], "sft_loss_last": losses[-1],
         "sft_losses": losses, "n_warm_items": len(items), "n_warm_hinted": sum(c is not None for c in cs),
@@ -238,6 +240,7 @@ def build_base_model(spec: WarmStartSpec, data: DataSpec, measure: bool = True) 
     if measure:
         held = data.generate(spec.eval_items, split="val")
         report["hint_ability"] = hint_ability(model, processor, held, oracle_hints(held),
-                                             max_new_tokens=spec.eval_max_new_tokens, reasoning=spec.reasoning)
+                                             max_new_tokens=spec.eval_max_new_tokens, reasoning=spec.reasoning,
+                                             template=spec.template)
     report["time_s"] = time.perf_counter() - t0
     return model, processor, report

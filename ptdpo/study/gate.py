@@ -55,7 +55,7 @@ def candidate_logprobs(model, processor, items: Sequence[Item], contexts: Sequen
         msgs = [build_messages(it, context_block=c, template=template) for it, c in zip(chunk, contexts[i : i + batch_items])]
         batch = repeat_interleave_prompts(encode_prompts(processor, msgs, [item_images(it) for it in chunk]),
                                           len(candidates))
-        targets = [torch.tensor(tok.encode(format_target(r, c), add_special_tokens=False) + [eos])
+        targets = [torch.tensor(tok.encode(format_target(r, c, template), add_special_tokens=False) + [eos])
                    for r in reasonings[i : i + batch_items] for c in candidates]
         ids, mask = collate_completions(targets, tok.pad_token_id)
         lp = completion_logprobs(model, batch, ids, mask).sum(-1)

@@ -55,3 +55,15 @@ def fmt_interval(mean: float, low: float, high: float, digits: int = 3) -> str:
     if math.isnan(low) or math.isnan(high):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def difference_interval(p1: float, n1: int, p2: float, n2: int) -> tuple[float, float, float]:
+    """(p2 - p1, low, high): Newcombe's 95% interval of a difference of two proportions from their Wilson
+    intervals (method 10, independent samples). Two models scored on the SAME items are positively
+    correlated, so this interval is wider than a paired one: conservative."""
+    if n1 <= 0 or n2 <= 0:
+        return float("nan"), float("nan"), float("nan")
+    _, l1, u1 = binomial_interval(p1 * n1, n1)
+    _, l2, u2 = binomial_interval(p2 * n2, n2)
+    d = p2 - p1
+    return d, d - math.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2), d + math.sqrt((u2 - p2) ** 2 + (p1 - l1) ** 2)
