@@ -104,58 +104,72 @@ class StudyFlow(FlowSpec):
     @model
     @step
     def train(self):
-        """One (arm, seed): RL from the base model; the trained weights as ``@model``."""
-        import tempfile
-
-        from steps.study import train_branch
-
-        self.branch = self.input
-        base_dir = current.model.load(self.base_model)
-        with tempfile.TemporaryDirectory() as tmp:
-            out = train_branch(self.branch, base_dir, self.train_items, self.hints, tmp)
-            self.policy = current.model.save(str(out["model_dir"]), label=f"policy_{self.branch['arm']}_{self.branch['seed']}",
-                                             metadata={"arm": self.branch["arm"], "seed": self.branch["seed"]})
-        self.train_metrics = out["metrics"]
-        self.groups = out["groups"].assign(arm=self.branch["arm"], seed=self.branch["seed"])
-        self.solvable = {"arm": self.branch["arm"], "seed": self.branch["seed"], **out["solvable"]}
-        self.train_time_s = out["time_s"]
-        name = f"{self.branch['arm']}/{self.branch['seed']}"
-        if self.fail_branch == name and not getattr(current, "origin_run_id", None):
-            raise RuntimeError(f"injected failure in branch {name} (fail_branch); `resume` continues the run")
-        last = self.train_metrics.tail(5)
-        print(f"{self.branch['arm']}/{self.branch['seed']}: {len(self.train_metrics)} steps in {self.train_time_s:.0f}s, "
-              f"last-5 accuracy {last['accuracy'].mean():.3f}; solvable {self.solvable}")
+        """Phase 1, one (arm, seed) or one coefficient of the KL sweep: RL from the base model; the trained
+        weights as ``@model``."""
+        _train_branch(self)
         self.next(self.evaluate)
 
     @model
     @step
     def evaluate(self):
-        """The branch's trained policy on the ID and OOD items."""
-        from steps.study import evaluate_model
-
-        path = current.model.load(self.policy)
-        self.eval_rows = evaluate_model(path, self.eval_items, self.study.get("eval"),
-                                        labels={"arm": self.branch["arm"], "seed": self.branch["seed"]},
-                                        reasoning=(self.study.get("base") or {}).get("reasoning"))
+        """The branch's trained policy on the ID and OOD items (the KL sweep's branches are not evaluated)."""
+        _evaluate_branch(self)
         self.next(self.join)
 
     @step
     def join(self, inputs):
-        """Every branch's metrics, group tables, solvable statistics, evaluations and model references."""
-        import pandas as pd
+        """Phase 1's metrics, group tables, solvable statistics, evaluations and model references."""
+        from ptdpo.study.kl_sweep import SWEEP_ARM
 
         inputs = list(inputs)
-        self.study = inputs[0].study
-        self.base_report = inputs[0].base_report
-        self.base_model = inputs[0].base_model
-        self.data_manifest = inputs[0].data_manifest
-        self.started_at = inputs[0].started_at
-        self.train_metrics = pd.concat([i.train_metrics for i in inputs], ignore_index=True)
-        self.groups = pd.concat([i.groups for i in inputs], ignore_index=True)
-        self.solvable = pd.DataFrame([i.solvable for i in inputs])
-        self.eval_results = pd.DataFrame(inputs[0].base_eval + [r for i in inputs for r in i.eval_rows])
-        self.policies = {f"{i.branch['arm']}/{i.branch['seed']}": i.policy for i in inputs}
-        self.train_times_s = {f"{i.branch['arm']}/{i.branch['seed']}": i.train_time_s for i in inputs}
+        self.merge_artifacts(inputs, include=["study", "base_report", "base_model", "data_manifest", "started_at",
+                                              "base_eval", "train_items", "hints", "eval_items"])
+        _collect(self, [i for i in inputs if i.branch["arm"] != SWEEP_ARM], previous=None)
+        self.phase1 = {name: getattr(self, name) for name in TABLES}
+        self.kl_sweep_runs = [{"kl_coef": i.branch["kl_coef"], "seed": i.branch["seed"], "metrics": i.train_metrics,
+                               "time_s": i.train_time_s}
+                              for i in inputs if i.branch["arm"] == SWEEP_ARM]
+        self.next(self.match_kl)
+
+    @step
+    def match_kl(self):
+        """The KL coefficient of the KL-matched GRPO arm, from the sweep (``ptdpo.study.kl_sweep``); phase 2
+        trains that arm over every seed. Without a ``kl_sweep`` in the config, straight to the report."""
+        from ptdpo.study.arms import matched_branches
+        from steps.study import kl_sweep_choice
+
+        self.kl_sweep_result = kl_sweep_choice(self.study, self.train_metrics, self.kl_sweep_runs)
+        self.matched = matched_branches(self.study, (self.kl_sweep_result or {}).get("kl_coef"))
+        self.kl_phase = "sweep" if self.matched else "none"
+        print(f"kl sweep: {self.kl_sweep_result}")
+        self.next({"sweep": self.launch_matched, "none": self.report}, condition="kl_phase")
+
+    @step
+    def launch_matched(self):
+        """Phase 2 fans out: the KL-matched arm, one branch per seed."""
+        self.next(self.train_matched, foreach="matched")
+
+    @model
+    @step
+    def train_matched(self):
+        """Phase 2, one seed of the KL-matched arm: RL from the base model with the chosen KL coefficient."""
+        _train_branch(self)
+        self.next(self.evaluate_matched)
+
+    @model
+    @step
+    def evaluate_matched(self):
+        """The KL-matched branch's trained policy on the ID and OOD items."""
+        _evaluate_branch(self)
+        self.next(self.join_matched)
+
+    @step
+    def join_matched(self, inputs):
+        """Phase 1's tables with phase 2's branches added."""
+        inputs = list(inputs)
+        self.merge_artifacts(inputs, include=["study", "base_report", "base_model", "data_manifest", "started_at",
+                                              "phase1", "kl_sweep_runs", "kl_sweep_result"])
+        _collect(self, inputs, previous=self.phase1)
         self.next(self.report)
 
     @card(type="blank", id="study")
@@ -185,7 +199,10 @@ class StudyFlow(FlowSpec):
         self.paired_vs_reference = {split: paired_table(self.eval_results, metric, ref, split) for split in ("id", "ood")}
         self.training_summary = training_table(self.train_metrics)
         self.solvable_intervals = solvable_interval_table(self.solvable)
-        self.kl_match = kl_match(self.train_metrics)
+        sweep = self.study.get("kl_sweep") or {}
+        self.kl_match = kl_match(self.train_metrics, **({"arm": sweep["arm"], "target": sweep["target"],
+                                                          "tolerance": float(sweep.get("tolerance", 0.2))} if sweep else {}))
+        self.kl_match["sweep"] = self.kl_sweep_result
         self.claims = claims_table(self.eval_results, self.train_metrics, metric=metric)
         self.wall_time_s = time.time() - self.started_at
         self.summary = {
@@ -195,7 +212,8 @@ class StudyFlow(FlowSpec):
             "audit_pass_rate": (self.data_manifest.get("audit") or {}).get("pass_rate"),
             "delta_vs_" + ref: headline(self.eval_results, reference=ref, metric=metric),
             "kl_match": self.kl_match, "claims": dict(zip(self.claims["claim"], self.claims["verdict"])),
-            "wall_time_s": round(self.wall_time_s), "train_time_s": round(sum(self.train_times_s.values())),
+            "wall_time_s": round(self.wall_time_s), "train_time_s": round(sum(self.train_times_s.values())
+                                                                     + sum(r["time_s"] for r in self.kl_sweep_runs)),
         }
         for c in _study_components(self):
             current.card["study"].append(c)
@@ -205,6 +223,81 @@ class StudyFlow(FlowSpec):
     @step
     def end(self):
         print(f"run {current.pathspec}: {self.summary}")
+
+
+def _train_branch(run) -> None:
+    """The body of ``train`` and ``train_matched``: RL for ``run.input``, artifacts on ``run``."""
+    import tempfile
+
+    from steps.study import train_branch
+
+    run.branch = run.input
+    base_dir = current.model.load(run.base_model)
+    label = f"{run.branch['arm']}_{run.branch.get('kl_coef', '')}_{run.branch['seed']}".replace("__", "_")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = train_branch(run.branch, base_dir, run.train_items, run.hints, tmp)
+        run.policy = current.model.save(str(out["model_dir"]), label=f"policy_{label}",
+                                        metadata={"arm": run.branch["arm"], "seed": run.branch["seed"]})
+    run.train_metrics = out["metrics"]
+    run.groups = out["groups"].assign(arm=run.branch["arm"], seed=run.branch["seed"])
+    run.solvable = {"arm": run.branch["arm"], "seed": run.branch["seed"], **out["solvable"]}
+    run.train_time_s = out["time_s"]
+    name = f"{run.branch['arm']}/{run.branch['seed']}"
+    if run.fail_branch == name and not getattr(current, "origin_run_id", None):
+        raise RuntimeError(f"injected failure in branch {name} (fail_branch); `resume` continues the run")
+    last = run.train_metrics.tail(5)
+    print(f"{name}: {len(run.train_metrics)} steps in {run.train_time_s:.0f}s, last-5 accuracy "
+          f"{last['accuracy'].mean():.3f}; solvable {run.solvable}")
+
+
+def _evaluate_branch(run) -> None:
+    """The body of ``evaluate`` and ``evaluate_matched`` (the KL sweep's branches get no evaluation)."""
+    from ptdpo.study.kl_sweep import SWEEP_ARM
+    from steps.study import evaluate_model
+
+    if run.branch["arm"] == SWEEP_ARM:
+        run.eval_rows = []
+        return
+    path = current.model.load(run.policy)
+    run.eval_rows = evaluate_model(path, run.eval_items, run.study.get("eval"),
+                                   labels={"arm": run.branch["arm"], "seed": run.branch["seed"]},
+                                   reasoning=(run.study.get("base") or {}).get("reasoning"))
+
+
+TABLES = ("train_metrics", "groups", "solvable", "eval_results", "policies", "train_times_s")
+
+
+def _collect(run, inputs: list, previous: dict | None) -> None:
+    """Every branch's tables (``TABLES``) on ``run``; with ``previous`` (phase 1's tables), appended to them."""
+    import pandas as pd
+
+    prev = previous or {}
+
+    def cat(name, frames):
+        return pd.concat(([prev[name]] if name in prev else []) + frames, ignore_index=True)
+
+    run.train_metrics = cat("train_metrics", [i.train_metrics for i in inputs])
+    run.groups = cat("groups", [i.groups for i in inputs])
+    run.solvable = cat("solvable", [pd.DataFrame([i.solvable for i in inputs])])
+    rows = [r for i in inputs for r in i.eval_rows]
+    run.eval_results = cat("eval_results", [pd.DataFrame(rows if prev else run.base_eval + rows)])
+    run.policies = {**prev.get("policies", {}), **{f"{i.branch['arm']}/{i.branch['seed']}": i.policy for i in inputs}}
+    run.train_times_s = {**prev.get("train_times_s", {}),
+                         **{f"{i.branch['arm']}/{i.branch.get('kl_coef', '')}/{i.branch['seed']}": i.train_time_s
+                            for i in inputs}}
+
+def _kl_sweep_text(km: dict) -> str:
+    """The KL sweep and the match, in words."""
+    sweep = km.get("sweep")
+    if not sweep:
+        return f"KL match: `{km}` (no KL sweep in this study)"
+    pts = ", ".join(f"{c:g} -> {k:.4f}" for c, k in sorted(sweep["sweep"].items()))
+    got = (f"{km['arm']} measured {km.get(km['arm'], float('nan')):.4f} vs {km['target']} "
+           f"{km.get(km['target'], float('nan')):.4f}, ratio {km.get('ratio', float('nan')):.2f}: "
+           f"{'within' if km.get('matched') else 'NOT within'} {km.get('tolerance', 0.2):.0%}")
+    return (f"**KL sweep** (GRPO's `kl_coef` -> mean KL to the reference over every rollout, seed "
+            f"{sweep.get('seed', '')}): {pts}. Target ({sweep['target_arm']}, mean over seeds {sweep['target_seeds']}): "
+            f"{sweep['target_kl']:.4f}; chosen `kl_coef` {sweep['kl_coef']:.4g} ({sweep['how']}). Over every seed, {got}.")
 
 
 def _study_components(run) -> list:
@@ -244,7 +337,7 @@ def _study_components(run) -> list:
             Markdown(f"## Held-out {metric} (OOD)"), table(run.accuracy_table["ood"]),
             Markdown("## Training: KL to the reference over every rollout, entropy, all-fail groups"),
             table(run.training_summary),
-            Markdown(f"KL match of `grpo_kl_matched` to `ptd_structured`: `{json.dumps(run.kl_match)}`"),
+            Markdown(_kl_sweep_text(run.kl_match)),
             Markdown("## Items whose first group was all-fail: became solvable?"), table(run.solvable_intervals)]
     for m in [m for m in dict.fromkeys(run.eval_results["metric"]) if m == "greedy_accuracy" or m.startswith("avg@")]:
         out.append(Image.from_matplotlib(final_figure(run.eval_results, m)))

@@ -132,6 +132,33 @@ def train_branch(
             "model_dir": Path(model_dir), "time_s": time.perf_counter() - t0}
 
 
+def kl_sweep_choice(cfg: dict[str, Any], train_metrics: pd.DataFrame, sweep_runs: Sequence[dict[str, Any]],
+                    column: str = "kl_ref_true") -> dict[str, Any] | None:
+    """The KL-matched arm's coefficient (``ptdpo.study.kl_sweep.choose_kl_coef``): the target arm's KL to the
+    reference over every rollout (each run's mean over its steps, then the mean over seeds) located on the
+    sweep's curve (each swept coefficient's run mean). None without a ``kl_sweep`` in ``cfg``."""
+    from ptdpo.study.kl_sweep import choose_kl_coef
+
+    sweep = cfg.get("kl_sweep")
+    if not sweep:
+        return None
+    target = train_metrics[train_metrics["arm"] == sweep["target"]]
+    if not len(target):
+        raise ValueError(f"kl sweep: the target arm {sweep['target']!r} has no training metrics")
+    target_kl = float(target.groupby("seed")[column].mean().mean())
+    swept = {float(r["kl_coef"]): float(r["metrics"][column].mean()) for r in sweep_runs}
+    try:
+        out = choose_kl_coef(swept, target_kl)
+    except ValueError as e:  # e.g. no KL measured in a run this short; the study still runs the arm, and says so
+        import math
+
+        coefs = sorted(swept)
+        out = {"kl_coef": math.exp(sum(math.log(c) for c in coefs) / len(coefs)), "target_kl": target_kl,
+               "sweep": swept, "how": f"not located ({e}): the geometric middle of the swept coefficients"}
+    return {**out, "target_arm": sweep["target"], "arm": sweep["arm"], "column": column, "seed": sweep.get("seed", 0),
+            "target_seeds": sorted(int(s) for s in target["seed"].unique())}
+
+
 @torch.no_grad()
 def evaluate_policy(model, processor, items: Sequence[Item], k: int = 4, temperature: float = 1.0,
                     max_new_tokens: int = 16, seed: int = 0, batch_size: int = 32,

@@ -394,3 +394,46 @@ def test_true_kl_counts_every_rollout_masked_or_not():
     assert out["kl_ref_true"] == pytest.approx(k3.item() / 9) and "kl_ref_true" in M.BY_NAME
     assert out["kl_ref_all"] < out["kl_ref_true"]  # the masked rollouts count as zero there
     assert "kl_ref_true" not in M.UpdateTotals().metrics(counts, lambda_ptd=0.0)  # no reference, no row
+
+
+def test_kl_sweep_coefficient_by_log_log_interpolation_and_its_limits():
+    import math
+
+    from ptdpo.study.kl_sweep import EXTRAPOLATE, choose_kl_coef
+
+    # KL = 0.2 * coef^-0.5 exactly: the log-log line recovers the coefficient of any target
+    sweep = {c: 0.2 * c ** -0.5 for c in (0.03, 0.1, 0.3, 1.0)}
+    for target_coef in (0.05, 0.2, 0.7):
+        got = choose_kl_coef(sweep, 0.2 * target_coef ** -0.5)
+        assert got["how"] == "bracketed" and math.isclose(got["kl_coef"], target_coef, rel_tol=1e-9)
+    past = choose_kl_coef(sweep, 0.2 * 2.0 ** -0.5)  # beyond the largest coefficient: the last segment's line
+    assert past["how"] == "extrapolated" and math.isclose(past["kl_coef"], 2.0, rel_tol=1e-9)
+    far = choose_kl_coef(sweep, 1e-6)
+    assert far["how"] == "clamped" and math.isclose(far["kl_coef"], 1.0 * EXTRAPOLATE)
+    with pytest.raises(ValueError, match="two coefficients"):
+        choose_kl_coef({0.1: 0.2, 0.3: float("nan")}, 0.1)
+    with pytest.raises(ValueError, match="positive"):
+        choose_kl_coef(sweep, 0.0)
+
+
+def test_kl_sweep_branches_two_phases_and_config_errors():
+    from ptdpo.study.arms import StudyConfigError, branches, check_study_config, matched_branches
+    from ptdpo.study.kl_sweep import SWEEP_ARM
+
+    cfg = json.loads((ROOT / "configs" / "study.json").read_text())
+    sweep = cfg["kl_sweep"]
+    first = branches(cfg)
+    assert not [b for b in first if b["arm"] == sweep["arm"]]  # the matched arm waits for the sweep
+    swept = [b for b in first if b["arm"] == SWEEP_ARM]
+    assert [b["train"]["kl_coef"] for b in swept] == sweep["coefs"]
+    assert {b["seed"] for b in swept} == {sweep["seed"]}
+    second = matched_branches(cfg, 0.123)
+    assert [b["seed"] for b in second] == cfg["seeds"]
+    assert all(b["arm"] == sweep["arm"] and b["train"]["kl_coef"] == 0.123 for b in second)
+    assert all(not b["train"]["ptd"]["enabled"] for b in second + swept)
+    assert matched_branches({**cfg, "kl_sweep": None}, 0.1) == []
+    bad = {**cfg, "kl_sweep": {"arm": "nope", "target": "grpo", "coefs": [0.1], "tolerance": 2, "x": 1}}
+    with pytest.raises(StudyConfigError) as e:
+        check_study_config(bad)
+    for words in ("kl_sweep.arm", "kl_sweep.coefs", "kl_sweep.tolerance", "unknown key(s) ['x']"):
+        assert words in str(e.value)

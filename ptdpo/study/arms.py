@@ -7,7 +7,8 @@
      "train": TrainConfig fields shared by every arm,
      "arms": {"grpo": {"hints": null, "train": {...overrides...}}, ...},
      "seeds": [0, 1, 2],
-     "eval": {"max_new_tokens": 16, "k": 4, "temperature": 1.0}}
+     "eval": {"max_new_tokens": 16, "k": 4, "temperature": 1.0},
+     "kl_sweep": ptdpo.study.kl_sweep (optional)}
 
 An arm's ``train`` is merged into the shared ``train`` (objects recursively, like a JSON merge patch);
 its ``hints`` says which hints the trainer gets (``ptdpo.study.hint_modes``): ``"structured"`` (the audited
@@ -23,8 +24,10 @@ from typing import Any
 
 from ptdpo.config import merge_patch, train_config_from_dict
 from ptdpo.study.hint_modes import HINT_KINDS
+from ptdpo.study.kl_sweep import SWEEP_ARM, check_kl_sweep
 
-STUDY_KEYS = {"name", "description", "data", "n_train", "n_eval", "base", "train", "arms", "seeds", "eval", "notes"}
+STUDY_KEYS = {"name", "description", "data", "n_train", "n_eval", "base", "train", "arms", "seeds", "eval", "notes",
+              "kl_sweep"}
 
 
 class StudyConfigError(ValueError):
@@ -49,13 +52,36 @@ def arm_train_config(cfg: dict[str, Any], arm: str, seed: int) -> dict[str, Any]
 
 
 def branches(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """One foreach branch per (arm, seed), arms in config order."""
+    """Phase 1 of the study: one foreach branch per (arm, seed), arms in config order, except the arm whose
+    KL coefficient the ``kl_sweep`` chooses; then one branch per swept coefficient (arm label
+    ``kl_sweep``, the sweep's seed, ``kl_coef`` set)."""
+    sweep = cfg.get("kl_sweep") or {}
     out = []
     for arm, spec in cfg["arms"].items():
+        if arm == sweep.get("arm"):
+            continue
         for seed in cfg["seeds"]:
             out.append({"arm": arm, "seed": int(seed), "hints": (spec or {}).get("hints"),
                         "train": arm_train_config(cfg, arm, seed)})
+    if sweep:
+        seed = int(sweep.get("seed", 0))
+        spec = cfg["arms"][sweep["arm"]] or {}
+        for coef in sweep["coefs"]:
+            train = merge(arm_train_config(cfg, sweep["arm"], seed), {"kl_coef": float(coef)})
+            out.append({"arm": SWEEP_ARM, "seed": seed, "hints": spec.get("hints"), "kl_coef": float(coef),
+                        "train": train})
     return out
+
+
+def matched_branches(cfg: dict[str, Any], kl_coef: float | None) -> list[dict[str, Any]]:
+    """Phase 2: the ``kl_sweep`` arm over every seed with the chosen ``kl_coef`` (nothing without a sweep)."""
+    sweep = cfg.get("kl_sweep") or {}
+    if not sweep or kl_coef is None:
+        return []
+    spec = cfg["arms"][sweep["arm"]] or {}
+    return [{"arm": sweep["arm"], "seed": int(seed), "hints": spec.get("hints"), "kl_coef": float(kl_coef),
+             "train": merge(arm_train_config(cfg, sweep["arm"], seed), {"kl_coef": float(kl_coef)})}
+            for seed in cfg["seeds"]]
 
 
 def check_study_config(cfg: dict[str, Any]) -> None:
@@ -83,6 +109,7 @@ def check_study_config(cfg: dict[str, Any]) -> None:
             continue
         if tc.ptd.uses_hints and not spec.get("hints"):
             problems.append(f"arms.{arm}: PTD with teacher_context 'hint' needs hints (set arms.{arm}.hints)")
+    problems.extend(check_kl_sweep(cfg))
     if problems:
         raise StudyConfigError("study config:\n- " + "\n- ".join(problems))
 
