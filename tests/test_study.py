@@ -174,8 +174,9 @@ def test_report_tables_mean_and_spread_over_seeds():
 # ------------------------------------------------------------------------------------- flow (slow)
 @pytest.mark.slow
 def test_study_flow_fails_in_one_branch_and_resume_finishes_it(tmp_path, monkeypatch):
-    """The whole DAG on configs/study_smoke.json (3 arms, one seed): start -> prepare_data -> build_base ->
-    train x3 -> evaluate x3 -> join -> report -> end. The run is made to fail in the ``ptd_shuffled/0``
+    """The whole DAG on configs/study_smoke.json (4 arms, one seed): start -> prepare_data -> build_base ->
+    train x5 (3 arms + a 2-point KL sweep) -> evaluate x5 -> join -> match_kl -> launch_matched ->
+    train_matched -> evaluate_matched -> join_matched -> report -> end. The run is made to fail in the ``ptd_shuffled/0``
     branch (``--fail_branch``); ``resume`` clones the finished tasks, trains that branch again and ends
     with every artifact the report reads."""
     from metaflow import Flow, Runner, namespace
@@ -205,9 +206,11 @@ def test_study_flow_fails_in_one_branch_and_resume_finishes_it(tmp_path, monkeyp
     assert run.id != origin.id and run.successful
     assert "injected failure in branch ptd_shuffled/0" in str([t.exception for t in origin["train"] if not t.successful])
     trains = {t.data.branch["arm"]: t for t in run["train"]}
-    # the branches that had finished were cloned from the failed run, the failed one trained again
+    # the branches that had finished were cloned from the failed run (they name the origin task), the failed
+    # one trained again (every task of a resumed run names the origin run)
     assert trains["grpo"].metadata_dict.get("origin-run-id") == origin.id
-    assert trains["ptd_shuffled"].metadata_dict.get("origin-run-id") is None
+    assert trains["grpo"].metadata_dict.get("origin-task-id")
+    assert trains["ptd_shuffled"].metadata_dict.get("origin-task-id") is None
     d = run.data
     cfg = json.loads(SMOKE.read_text())
     assert d.base_model and d.base_report["hint_ability"]["n"] > 0
@@ -217,22 +220,27 @@ def test_study_flow_fails_in_one_branch_and_resume_finishes_it(tmp_path, monkeyp
     assert gate["margins"]["n_candidates"] >= 20 and 0 <= gate["groups"]["all_fail_frac"] <= 1
     assert set(gate["verdict"]) >= {"margin_met", "all_fail_met", "passed"}
     assert d.data_manifest["audit"]["pass_rate"] == 1.0
-    assert set(d.policies) == {"grpo/0", "ptd_structured/0", "ptd_shuffled/0"}
+    arms = {"grpo", "ptd_structured", "ptd_shuffled", "grpo_kl_matched"}
+    assert set(d.policies) == {f"{a}/0" for a in arms}
     m = d.train_metrics
-    assert set(m["arm"]) == {"grpo", "ptd_structured", "ptd_shuffled"} and len(m) == 3 * cfg["train"]["max_steps"]
+    assert set(m["arm"]) == arms and len(m) == 4 * cfg["train"]["max_steps"]  # the sweep's runs are kept apart
+    assert [r["kl_coef"] for r in sorted(d.kl_sweep_runs, key=lambda r: r["kl_coef"])] == cfg["kl_sweep"]["coefs"]
+    chosen = d.kl_match["sweep"]["kl_coef"]
+    assert {t.data.branch["train"]["kl_coef"] for t in run["train_matched"]} == {chosen}
+    assert d.kl_match["arm"] == "grpo_kl_matched" and d.kl_match["target"] == "ptd_structured"
     assert (m[m["arm"] == "grpo"]["ptd_rollout_frac"] == 0).all()
     assert (m[m["arm"] == "grpo"]["kl_masked_rollout_frac"] == 0).all()
     for col in ("accuracy", "student_entropy", "response_length", "informative_groups", "kl_ref_true"):
         assert m[col].notna().all(), col
     assert (m["kl_ref_true"] >= 0).all()  # k3 on every rollout: non-negative term by term
     ev = d.eval_results
-    assert set(ev["arm"]) == {"base", "grpo", "ptd_structured", "ptd_shuffled"} and set(ev["split"]) == {"id", "ood"}
+    assert set(ev["arm"]) == arms | {"base"} and set(ev["split"]) == {"id", "ood"}
     assert ev[ev["metric"] == "greedy_accuracy"]["value"].between(0, 1).all()
     n_eval = cfg["n_eval"]
     assert ev[ev["metric"] == "greedy_top_answer_share"]["value"].between(1 / n_eval, 1).all()
-    assert len(d.solvable) == 3 and len(d.groups) > 0
-    assert "delta_vs_grpo" in d.summary and len(d.final_table) == 8
-    assert set(d.accuracy_table["id"]["arm"]) == {"base", "grpo", "ptd_structured", "ptd_shuffled"}
+    assert len(d.solvable) == 4 and len(d.groups) > 0
+    assert "delta_vs_grpo" in d.summary and len(d.final_table) == 10
+    assert set(d.accuracy_table["id"]["arm"]) == arms | {"base"}
     assert len(d.claims) == 5 and d.summary["run"] == f"StudyFlow/{run.id}"
     assert d.wall_time_s >= d.summary["train_time_s"] > 0  # counted from the origin run's start
     from metaflow.cards import get_cards
@@ -243,6 +251,7 @@ def test_study_flow_fails_in_one_branch_and_resume_finishes_it(tmp_path, monkeyp
                 re.findall(r'window\.__MF_DATA__\["[^"]+"\]\s*=\s*"([A-Za-z0-9+/=]+)"', cards[0].get())]
     text = json.dumps(payloads)
     assert "data:image/png;base64" in text and "The gate" in text and "The paper's claims" in text
+    assert "KL sweep" in text
     _restore_typing()
 
 
@@ -257,10 +266,13 @@ def test_open_answer_study_config_arms_and_what_each_isolates():
     assert by[("ptd_shuffled", s)]["hints"] == "shuffled" and by[("ptd_shuffled", s)]["train"]["ptd"]["enabled"]
     assert by[("ptd_unstructured", s)]["hints"] == "unstructured"
     assert by[("answer_distill", s)]["train"]["ptd"]["teacher_context"] == "answer"
-    matched, grpo = by[("grpo_kl_matched", s)]["train"], by[("grpo", s)]["train"]
-    assert matched["kl_coef"] > grpo.get("kl_coef", 0.01) and not matched["ptd"]["enabled"]
+    from ptdpo.study.arms import matched_branches
+
+    # the KL-matched arm is phase 2: GRPO with the coefficient the sweep chooses (here any value)
+    matched, grpo = matched_branches(cfg, 0.5)[0]["train"], by[("grpo", s)]["train"]
+    assert matched["kl_coef"] == 0.5 and not matched["ptd"]["enabled"] and ("grpo_kl_matched", s) not in by
     # the arms differ only in hints, ptd and the KL coefficient
-    for b in by.values():
+    for b in [*by.values(), *matched_branches(cfg, 0.5)]:
         rest = {k: v for k, v in b["train"].items() if k not in ("ptd", "seed", "kl_coef")}
         assert rest == {k: v for k, v in grpo.items() if k not in ("ptd", "seed", "kl_coef")}
     assert cfg["base"]["dots"] == "random" and cfg["base"]["answer_frac"] > 0  # see docs/study.md, the gate
