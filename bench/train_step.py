@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from ptdpo.config import PTDConfig, TrainConfig  # noqa: E402
 from ptdpo.data.synthetic import generate_synthetic  # noqa: E402
-from ptdpo.hints import OracleGenerator  # noqa: E402
+from ptdpo.hints import OracleGenerator, run_generation  # noqa: E402
 from ptdpo.models.tiny import build_tiny_qwen3vl  # noqa: E402
 from ptdpo.trainer import Trainer  # noqa: E402
 
@@ -88,7 +88,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, processor = build_tiny_qwen3vl(args.size, seed=0)
     items = generate_synthetic(32, seed=0, families=["count_attr"], image_size=64)
-    hints = {r.item_id: r.hint for r in OracleGenerator().generate(items) if r.hint is not None}
+    hints = {r.item_id: r.hint for r in run_generation(OracleGenerator(), items) if r.ok and r.hint is not None}
     rows = []
     for fail_fraction, label in [(1.0, "all fail"), (0.5, "half fail"), (0.0, "no fail")]:
         per_arm = {}
