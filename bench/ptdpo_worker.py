@@ -21,28 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def emit(tag: str, payload: dict) -> None:
-    sys.stdout.write(f"@{tag} {json.dumps(payload)}\n")
-    sys.stdout.flush()
-
-
-class ForwardCounter:
-    """Forward calls and rows through one module (generation's decoding steps included)."""
-
-    def __init__(self, module):
-        self.calls = self.rows = 0
-        module.register_forward_pre_hook(self._hook, with_kwargs=True)
-
-    def _hook(self, _module, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        self.calls += 1
-        self.rows += int(ids.shape[0]) if ids is not None else 0
-
-    def take(self) -> dict:
-        out = {"calls": self.calls, "rows": self.rows}
-        self.calls = self.rows = 0
-        return out
+from bench.worker_protocol import ForwardCounter, emit  # noqa: E402
 
 
 def fixed_fail_reward(fail_fraction: float, group_size: int):

@@ -24,10 +24,8 @@ half of every group on all arms, so advantages are non-zero and GRPO+PTD distill
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,68 +34,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.inputs import save_inputs  # noqa: E402
 from bench.report import load_average, machine_line, write_section  # noqa: E402
+from bench.worker_protocol import Worker, spread  # noqa: E402
 
 SECTION = "## Train step: ptdpo vs TRL GRPOTrainer"
 ARMS = ("trl", "ptdpo", "ptdpo_ptd")
 LABELS = {"trl": "TRL GRPOTrainer (GRPO)", "ptdpo": "ptdpo GRPO", "ptdpo_ptd": "ptdpo GRPO+PTD (half fail)"}
-
-
-def prepare(workdir: Path, args) -> tuple[Path, Path]:
-    """The saved policy folder and the prompt set (chats + PNG images) both sides read."""
-    from ptdpo.data.schema import item_images
-    from ptdpo.data.synthetic import generate_synthetic
-    from ptdpo.models import load_policy, save_policy
-    from ptdpo.prompts import build_messages
-
-    model, processor = load_policy(f"tiny:{args.size}", dtype="float32")
-    policy = save_policy(model, processor, workdir / "policy", metadata={"purpose": "bench/vs_trl.py"})
-    items = generate_synthetic(args.prompts, seed=0, families=["count_attr"], image_size=args.image_size)
-    records = []
-    for i, it in enumerate(items):
-        (image,) = item_images(it)
-        image.save(workdir / f"image_{i}.png")
-        records.append({"id": it.id, "messages": build_messages(it, template="boxed"), "image": f"image_{i}.png"})
-    data = workdir / "prompts.json"
-    data.write_text(json.dumps(records, indent=1))
-    return policy, data
-
-
-class Worker:
-    """One arm's process: started, then stepped on demand (module docstring)."""
-
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str]):
-        self.name = name
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=env, cwd=ROOT)
-        self.info = self._read("ready")
-        self.steps: list[dict] = []
-
-    def _read(self, tag: str) -> dict:
-        for line in self.proc.stdout:
-            if line.startswith(f"@{tag} "):
-                return json.loads(line[len(tag) + 2 :])
-        err = self.proc.stderr.read()
-        raise RuntimeError(f"worker {self.name} ended before '@{tag}' (exit {self.proc.wait()}):\n{err[-4000:]}")
-
-    def step(self) -> dict:
-        self.proc.stdin.write("step\n")
-        self.proc.stdin.flush()
-        out = self._read("step")
-        self.steps.append(out)
-        return out
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.close()
-            except BrokenPipeError:
-                pass
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 def start_workers(args, policy: Path, data: Path) -> dict[str, Worker]:
@@ -117,9 +60,9 @@ def start_workers(args, policy: Path, data: Path) -> dict[str, Worker]:
                 raise SystemExit(f"{trl_python} is missing: run `bash bench/setup_trl.sh` (or pass --no-trl)")
             steps = 1 + args.pairs  # TRL's loop runs max_steps; the warm-up step is the first
             workers["trl"] = Worker("trl", [str(trl_python), str(ROOT / "bench" / "trl_worker.py"), *common,
-                                            "--steps", str(steps)], env)
-        workers["ptdpo"] = Worker("ptdpo", ptdpo, env)
-        workers["ptdpo_ptd"] = Worker("ptdpo_ptd", [*ptdpo, "--ptd"], env)
+                                            "--steps", str(steps)], env, ROOT)
+        workers["ptdpo"] = Worker("ptdpo", ptdpo, env, ROOT)
+        workers["ptdpo_ptd"] = Worker("ptdpo_ptd", [*ptdpo, "--ptd"], env, ROOT)
     except BaseException:
         for w in workers.values():
             w.close()
@@ -141,10 +84,6 @@ def run(workers: dict[str, Worker], pairs: int) -> list[dict[str, dict]]:
     return rounds
 
 
-def spread(xs: list[float]) -> tuple[float, float, float]:
-    return min(xs), statistics.median(xs), max(xs)
-
-
 def summarize(rounds: list[dict[str, dict]]) -> dict:
     names = list(rounds[0])
     out: dict = {"time": {n: spread([r[n]["seconds"] for r in rounds]) for n in names},
@@ -164,64 +103,91 @@ def summarize(rounds: list[dict[str, dict]]) -> dict:
     return out
 
 
+def _fmt(x: tuple[float, float, float] | None) -> str:
+    return "not run" if x is None else "{:.2f} / **{:.2f}** / {:.2f}".format(*x)
+
+
+def _forwards(f: dict) -> str:
+    return f"{f['calls']} / {f['rows']} / {f['tokens']}"
+
+
 def render(summary: dict, workers: dict[str, Worker], args, loads: tuple[str, str], date: str) -> str:
     names = list(summary["time"])
-    cmd = "python bench/vs_trl.py" + ("" if args.pairs == 7 else f" --pairs {args.pairs}") + (
-        " --quick" if args.quick else "") + (" --no-trl" if args.no_trl else "")
+    rounds = len(workers[names[0]].steps) - 1
     versions = "; ".join(
         f"{n}: " + ", ".join(f"{k} {workers[n].info[k]}" for k in ("trl", "transformers", "torch") if k in workers[n].info)
         for n in names if n != "ptdpo_ptd")
     lines = [
         SECTION, "",
-        f"Command: `bash bench/setup_trl.sh && {cmd}` (model `tiny:{args.size}` saved once with `save_policy` and "
-        f"loaded by both, {args.prompts} prompts x G={args.group_size} rollouts per optimizer step in micro-batches of "
-        f"{args.micro_batch}, at most {args.response_length} new tokens stopping at eos, temperature 1, KL 0.01 with a "
-        f"reference forward, one update per batch, float32, {args.threads} torch thread(s) per process).",
+        f"Command: `{args.command}` (`bash bench/setup_trl.sh` first builds `.venv-trl`). Model `tiny:{args.size}` "
+        f"saved once with `save_policy` and loaded by both sides in float32; {args.prompts} prompts x G={args.group_size} "
+        f"rollouts per optimizer step, micro-batches of {args.micro_batch}; at most {args.response_length} new tokens, "
+        f"stopping at eos; temperature 1; KL coefficient {args.kl} with a reference-model forward; one update per "
+        f"batch; {args.threads} torch thread per process.",
         "",
         f"Machine: {machine_line()}. Measured {date}; 1/5/15-min load average {loads[0]} at the start, {loads[1]} "
-        f"at the end. Versions: {versions}.",
+        f"at the end (a shared machine: other jobs ran). Versions: {versions}.",
         "",
-        "Method: three long-lived processes (TRL's `GRPOTrainer` in `.venv-trl`, ptdpo's `Trainer` for GRPO and for "
+        "Method: three long-lived processes (TRL's `GRPOTrainer` in `.venv-trl`; ptdpo's `Trainer` for GRPO and for "
         "GRPO+PTD in `.venv`) run one optimizer step at a time, in turn, the order rotating each round; a process "
-        "that is not stepping waits on its stdin. Startup and one warm-up step per process are not timed; a step is "
-        "timed inside its process (TRL: from the go to `on_step_end`, i.e. generation, rewards, reference forward, "
-        "forward and backward of every micro-batch, clipping, AdamW; ptdpo: `Trainer.train_step()`). Ratios are "
-        f"per round (same load), {len(workers[names[0]].steps) - 1} rounds; min / median / max shown.",
+        "that is not stepping waits on its stdin. Startup and one warm-up step per process are not timed. A step is "
+        "timed inside its process: TRL from the go to `on_step_end` (generation, rewards, reference forward, forward "
+        "and backward of every micro-batch, clipping, AdamW, scheduler), ptdpo `Trainer.train_step()` (the same, plus "
+        "the teacher for GRPO+PTD, and its metrics). Wall time is what the targets use; CPU time (the process's user + "
+        "system time) is shown beside it because it moves much less when other jobs compete for the cores. Ratios "
+        f"are per round (the same load for the three steps): {rounds} rounds, min / median / max.",
         "",
-        "| arm | step s (min / median / max) | vs TRL (min / median / max) | rollouts | prompt tokens | "
-        "completion tokens | policy forwards (calls / rows) | reference forwards (calls / rows) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arm | step wall s | wall vs TRL | step CPU s | CPU vs TRL |",
+        "|---|---|---|---|---|",
     ]
     for n in names:
-        t, w = summary["time"][n], summary["work"][n]
-        ratio = summary.get("ratio", {}).get(n)
-        rtxt = "1" if n == "trl" else ("not run" if ratio is None else "{:.2f} / **{:.2f}** / {:.2f}".format(*ratio))
-        lines.append(
-            f"| {LABELS[n]} | {t[0]:.2f} / **{t[1]:.2f}** / {t[2]:.2f} | {rtxt} | {w['rollouts']:.0f} | "
-            f"{w['prompt_tokens']:.0f} | {w['completion_tokens']:.0f} | {w['policy']['calls']} / {w['policy']['rows']} | "
-            f"{w['reference']['calls']} / {w['reference']['rows']} |")
+        ratio = "1" if n == "trl" else _fmt(summary.get("ratio", {}).get(n))
+        cpu_ratio = "1" if n == "trl" else _fmt(summary.get("cpu_ratio", {}).get(n))
+        lines.append(f"| {LABELS[n]} | {_fmt(summary['time'][n])} | {ratio} | {_fmt(summary['cpu'][n])} | {cpu_ratio} |")
+    lines += [
+        "",
+        "The work of one step (median over the rounds; forwards of the last round: calls / rows / token positions "
+        "run, padding included):",
+        "",
+        "| arm | rollouts | prompt tokens | completion tokens | policy forwards | reference forwards |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n in names:
+        w = summary["work"][n]
+        lines.append(f"| {LABELS[n]} | {w['rollouts']:.0f} | {w['prompt_tokens']:.0f} | {w['completion_tokens']:.0f} | "
+                     f"{_forwards(w['policy'])} | {_forwards(w['reference'])} |")
+    lines += [
+        "",
+        "Both sides sample the same number of rollouts from the same prompts (same token count: the same chat "
+        "template and image processing) with the same limit and stopping; completion lengths differ only by where "
+        "each side's random draws hit eos. Policy forwards: one per decoding step, plus the forward (and backward) "
+        "of each micro-batch; reference forwards: the KL term's log-probs of every rollout (and, for GRPO+PTD, the "
+        "teacher: the reference model re-scoring the failed half with the hint). ptdpo runs the same forwards with "
+        "each distinct prompt computed once for the rollouts that share it (`ptdpo.models.shared_prompt`): sampling "
+        "prefills each prompt once and copies its KV cache to its G rows, and the no-gradient scoring forwards run "
+        "the prompts, then the completions on the copied cache, hence more calls over fewer token positions; the "
+        "results equal full-sequence forwards up to float rounding. TRL with `num_iterations=1` reuses the "
+        "detached log-probs as the old policy's, and so does ptdpo (no old-policy forward on either side).",
+    ]
     if summary["phases"]:
-        lines += ["", "ptdpo's phases (median seconds): " + "; ".join(
+        lines += ["", "ptdpo's phases (median wall seconds): " + "; ".join(
             f"{LABELS[n]}: " + ", ".join(f"{k.removeprefix('time_')} {v:.2f}" for k, v in ph.items())
-            for n, ph in summary["phases"].items())]
-    lines += ["", "Forward counts include generation (one call per decoding step over all rollouts); the GRPO+PTD "
-              "reference count includes the teacher, which is the reference model re-scoring the failed rollouts "
-              "with the hint.", ""]
-    lines += target_lines(summary)
+            for n, ph in summary["phases"].items()) + "."]
+    lines += [""] + target_lines(summary)
     return "\n".join(lines) + "\n"
 
 
 def target_lines(summary: dict) -> list[str]:
-    ratio = summary.get("ratio")
+    ratio, cpu = summary.get("ratio"), summary.get("cpu_ratio")
     if not ratio:
-        return ["Targets: not evaluated (TRL not run)."]
-    grpo, ptd = ratio["ptdpo"][1], ratio["ptdpo_ptd"][1]
-    return [
-        f"- Target ptdpo GRPO step <= 0.9x TRL's: **{'met' if grpo <= 0.9 else 'not met'}**, median ratio {grpo:.2f} "
-        f"(min {ratio['ptdpo'][0]:.2f}, max {ratio['ptdpo'][2]:.2f}).",
-        f"- Target GRPO+PTD at half failed rollouts <= 1.1x TRL's GRPO step: **{'met' if ptd <= 1.1 else 'not met'}**, "
-        f"median ratio {ptd:.2f} (min {ratio['ptdpo_ptd'][0]:.2f}, max {ratio['ptdpo_ptd'][2]:.2f}).",
-    ]
+        return ["Targets: not evaluated (TRL was not run)."]
+    out = []
+    for arm, bound, what in (("ptdpo", 0.9, "ptdpo's GRPO step <= 0.9x TRL's `GRPOTrainer` step"),
+                             ("ptdpo_ptd", 1.1, "GRPO+PTD at half failed rollouts <= 1.1x TRL's GRPO step")):
+        lo, med, hi = ratio[arm]
+        out.append(f"- Target {what}: **{'met' if med <= bound else 'not met'}**, median wall ratio {med:.2f} "
+                   f"(min {lo:.2f}, max {hi:.2f}; CPU-time ratio median {cpu[arm][1]:.2f}).")
+    return out
 
 
 def main() -> None:
@@ -241,12 +207,13 @@ def main() -> None:
     p.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"), help="file to write the section into")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
+    args.command = "python " + " ".join(["bench/vs_trl.py", *sys.argv[1:]])
     if args.quick:
         args.size, args.prompts, args.group_size, args.micro_batch, args.response_length, args.pairs = "1m", 2, 4, 4, 8, 1
     loads = [load_average()]
     date = time.strftime("%Y-%m-%d")
     with tempfile.TemporaryDirectory(prefix="ptdpo-vs-trl-") as tmp:
-        policy, data = prepare(Path(tmp), args)
+        policy, data = save_inputs(Path(tmp), args.size, args.prompts, args.image_size, "bench/vs_trl.py")
         workers = start_workers(args, policy, data)
         try:
             rounds = run(workers, args.pairs)
