@@ -23,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import write_section  # noqa: E402
 from ptdpo.config import PTDConfig, TrainConfig  # noqa: E402
 from ptdpo.data.synthetic import generate_synthetic  # noqa: E402
 from ptdpo.hints import OracleGenerator, run_generation  # noqa: E402
@@ -81,6 +82,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4, help="measured steps per arm (after one warm-up step)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"), help="file to write the section into")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     if args.quick:
@@ -102,7 +104,7 @@ def main() -> None:
     table = render(rows, args)
     print(table)
     if not args.no_write:
-        write_section(ROOT / "docs" / "benchmarks.md", table)
+        write_section(Path(args.markdown), SECTION, table)
 
 
 def render(rows, args) -> str:
@@ -126,17 +128,6 @@ def render(rows, args) -> str:
                 f"| {r['time_ref']:.2f} | {r['time_teacher']:.2f} | {r['time_update']:.2f} | {r['time_step']:.2f} | {ov} |"
             )
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, table: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION in text:
-        start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + table + (text[nxt + 1 :] if nxt != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + table
-    path.write_text(text)
 
 
 if __name__ == "__main__":
