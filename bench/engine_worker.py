@@ -64,8 +64,8 @@ def main() -> None:
         from ptdpo.engines import VLLMEngine
 
         engine = VLLMEngine(args.policy, VLLM_OPTIONS, processor=processor)
-        chunked = engine.engine_kwargs.get("enable_chunked_prefill")
-        info.update(vllm=vllm.__version__, options={**VLLM_OPTIONS, "enable_chunked_prefill (engine)": chunked})
+        info.update(vllm=vllm.__version__, options=VLLM_OPTIONS,
+                    chunked_prefill=engine.engine_kwargs.get("enable_chunked_prefill", "vLLM's default"))
         del model
     prompts = engine.encode([r["messages"] for r in records], images)
     sampling = SamplingConfig(args.response_length, temperature=1.0, top_p=1.0)

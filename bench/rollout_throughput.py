@@ -13,6 +13,7 @@ Startup, the prompts' encoding and one warm-up call per engine are not timed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -73,16 +74,20 @@ def render(rounds: list[dict[str, dict]], workers: dict[str, Worker], args, load
     names = list(rounds[0])
     rate = {n: spread([r[n]["completion_tokens"] / r[n]["seconds"] for r in rounds]) for n in names}
     cpu_rate = {n: spread([r[n]["completion_tokens"] / max(r[n]["cpu_seconds"], 1e-9) for r in rounds]) for n in names}
-    versions = "; ".join(f"{n}: " + ", ".join(f"{k} {workers[n].info[k]}" for k in ("vllm", "transformers", "torch")
-                                              if k in workers[n].info) for n in names)
+    versions = "; ".join(f"{LABELS[n]}: " + ", ".join(f"{k} {workers[n].info[k]}" for k in ("vllm", "transformers", "torch")
+                                                      if k in workers[n].info)
+                         + f", {workers[n].info['threads']} torch thread" for n in names)
     lines = [
         SECTION, "",
         f"Command: `{args.command}` (`.venv-vllm` is built by `bash scripts/setup.sh`). Model `tiny:{args.size}` saved "
         f"once with `save_policy`, float32 in both engines; {args.prompts} prompts with one {args.image_size}x"
         f"{args.image_size} image each, G={args.group_size} samples per prompt in one `engine.sample` call, at most "
         f"{args.response_length} new tokens (stopping at eos), temperature 1, per-group seeds; {args.threads} torch "
-        f"thread per process. vLLM options: `{workers['vllm'].info['options'] if 'vllm' in workers else 'not run'}`, "
-        "in-process engine (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), `VLLM_CPU_OMP_THREADS_BIND=nobind`.",
+        f"thread per process. vLLM engine options (`VLLMConfig`): "
+        f"`{json.dumps(workers['vllm'].info['options']) if 'vllm' in workers else 'not run'}`; "
+        f"`enable_chunked_prefill` = {workers['vllm'].info['chunked_prefill'] if 'vllm' in workers else 'not run'} "
+        "(the engine turns it off on CPUs: vLLM 0.32's CPU sampler fails on seeded requests whose prompt was "
+        "prefilled in chunks); in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), `VLLM_CPU_OMP_THREADS_BIND=nobind`.",
         "",
         f"Machine: {machine_line()}. Measured {date}; 1/5/15-min load average {loads[0]} at the start, {loads[1]} "
         f"at the end (a shared machine: other jobs ran). Versions: {versions}.",
@@ -122,7 +127,8 @@ def main() -> None:
     p.add_argument("--response-length", type=int, default=48)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"))
+    p.add_argument("--vllm-python", default=os.environ.get("PTDPO_VLLM_PYTHON") or str(ROOT / ".venv-vllm" / "bin" / "python"),
+                   help="the vLLM environment's interpreter (default: $PTDPO_VLLM_PYTHON, else .venv-vllm)")
     p.add_argument("--no-vllm", action="store_true", help="the transformers engine only")
     p.add_argument("--quick", action="store_true", help="tiny:1m, 2 prompts x 4 samples, 8 tokens, 1 round")
     p.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"), help="file to write the section into")

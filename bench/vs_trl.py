@@ -115,8 +115,9 @@ def render(summary: dict, workers: dict[str, Worker], args, loads: tuple[str, st
     names = list(summary["time"])
     rounds = len(workers[names[0]].steps) - 1
     versions = "; ".join(
-        f"{n}: " + ", ".join(f"{k} {workers[n].info[k]}" for k in ("trl", "transformers", "torch") if k in workers[n].info)
-        for n in names if n != "ptdpo_ptd")
+        f"{side} side: " + ", ".join(f"{k} {workers[n].info[k]}" for k in ("trl", "transformers", "torch")
+                                     if k in workers[n].info) + f", {workers[n].info['threads']} torch thread"
+        for n, side in (("trl", "TRL"), ("ptdpo", "ptdpo")) if n in workers)
     lines = [
         SECTION, "",
         f"Command: `{args.command}` (`bash bench/setup_trl.sh` first builds `.venv-trl`). Model `tiny:{args.size}` "
@@ -167,7 +168,10 @@ def render(summary: dict, workers: dict[str, Worker], args, loads: tuple[str, st
         "prefills each prompt once and copies its KV cache to its G rows, and the no-gradient scoring forwards run "
         "the prompts, then the completions on the copied cache, hence more calls over fewer token positions; the "
         "results equal full-sequence forwards up to float rounding. TRL with `num_iterations=1` reuses the "
-        "detached log-probs as the old policy's, and so does ptdpo (no old-policy forward on either side).",
+        "detached log-probs as the old policy's, and so does ptdpo (no old-policy forward on either side). Small "
+        "differences remain: TRL suppresses only the image-pad token while sampling (ptdpo every vision special "
+        "token), and TRL runs its image processor on every rollout's copy of a prompt (for generation and again for "
+        "the forwards), ptdpo once per prompt.",
     ]
     if summary["phases"]:
         lines += ["", "ptdpo's phases (median wall seconds): " + "; ".join(
