@@ -71,6 +71,8 @@ def test_shared_prompt_forward_checks_its_rows(tiny_policy):
         shared_prompt_hidden_states(model, batch, [0, 1, 2, 4, 0, 0, 0, 0], ids, mask)
     with pytest.raises(ValueError, match="7 rows but completion ids"):
         shared_prompt_hidden_states(model, batch, ROWS[:7], ids, mask)
+    with pytest.raises(ValueError, match="rows must index the 4 prompts"):
+        generate_completions(model, processor, batch, 3, seed=0, rows=[0, 4])
 
 
 @pytest.mark.parametrize("do_sample", [True, False])

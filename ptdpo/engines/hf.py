@@ -3,8 +3,9 @@
 All rows of a call (every sample of every prompt) go through one ``generate`` pass with a KV cache,
 ``max_batch_rows`` rows at a time; each row draws its tokens from its own stream
 (``ptdpo.models.sampling.RowSampler``), so batching changes no sample. The ``n`` samples of a prompt
-share its prompt forward (run once, its cache copied to the rows: ``generate_completions(rows=...)``). The engine samples from the
-module it holds, so a weight sync only swaps the module and there is nothing to put to sleep.
+share its prompt forward (run once, its KV cache copied to the rows: ``generate_completions(rows=...)``).
+The engine samples from the module it holds, so a weight sync only swaps the module and there is nothing
+to put to sleep.
 
 Under FSDP every rank must run the same number of ``generate`` passes (each pass is a collective):
 give every rank the same number of rows, as the rollout collector does.

@@ -439,6 +439,8 @@ def prefill_shared_prompts(gm, inputs: dict[str, Any], rows: Sequence[int], logi
     ``inputs``: their forward, its cache copied to the rows, each row's first token picked by
     ``logits_processor``. Returns the ``generate`` arguments that continue from there, and those tokens."""
     index = torch.as_tensor(list(rows), dtype=torch.long, device=inputs["input_ids"].device)
+    if index.numel() == 0 or int(index.min()) < 0 or int(index.max()) >= inputs["input_ids"].shape[0]:
+        raise ValueError(f"rows must index the {inputs['input_ids'].shape[0]} prompts of the batch, got {list(rows)}")
     positions, following = prompt_positions(gm, inputs["input_ids"], inputs["attention_mask"],
                                             inputs["mm_token_type_ids"], inputs.get("image_grid_thw"))
     out = gm(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)

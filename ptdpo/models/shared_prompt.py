@@ -17,10 +17,10 @@ prompt's largest position + 1 in all three sections, which is what Qwen2-VL/2.5-
 the last image. ``rows`` maps each output row to its prompt (``rows[b] = u``); rows need not be grouped.
 
 The results equal the full-sequence forwards up to float rounding (tests/test_shared_prompt.py: hidden
-states within 1e-5; on the float32 fixture the sampled tokens and their log-probs are identical). With
-gradients enabled the shared forward also differentiates
-(the cache copies are index_selects), but the trainer uses it only without: a data-parallel or sharded
-policy would see two forward calls before one backward.
+states within 1e-9 in float64 and 1e-5 in float32; on the float32 fixture the sampled tokens and their
+log-probs are identical). With gradients enabled the shared forward also differentiates (the cache copies
+are index_selects), but the trainer uses it only without: a sharded policy would see two forward calls
+before one backward.
 """
 
 from __future__ import annotations
