@@ -256,7 +256,8 @@ def _describe(entry: dict[str, Any]) -> str:
 
 
 def _warn(entry: dict[str, Any]) -> None:
-    print(f"[ptdpo] WARNING: skipping checkpoint {entry['checkpoint']} (step {entry['step']}, {entry['task']} "
+    step = entry["step"]
+    print(f"[ptdpo] WARNING: skipping checkpoint {entry['checkpoint']}/step-{step:08d} (step {step}, {entry['task']} "
           f"attempt {entry['attempt']}): {entry['reason']}; trying the next older one", file=sys.stderr)
 
 

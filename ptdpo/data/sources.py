@@ -100,7 +100,17 @@ def _decode_line(raw: bytes, lineno: int) -> str:
                          f"{around!r}; save the file as UTF-8") from e
 
 
-def _read_jsonl(path: Path, limit: int | None) -> Iterator[tuple[Any, str]]:
+def _id_of_undecodable(raw: bytes, id_field: str) -> str | None:
+    """The item id of a line that is not UTF-8, read with the bad bytes replaced, for the message."""
+    try:
+        row = json.loads(raw.decode("utf-8", errors="replace"))
+    except ValueError:
+        return None
+    value = row.get(id_field) if isinstance(row, dict) else None
+    return str(value) if isinstance(value, str | int) else None
+
+
+def _read_jsonl(path: Path, limit: int | None, id_field: str = "id") -> Iterator[tuple[Any, str]]:
     n = 0
     with open(path, "rb") as fh:  # decoded line by line, so a bad byte is reported with its line
         for lineno, raw in enumerate(fh, start=1):
@@ -110,7 +120,7 @@ def _read_jsonl(path: Path, limit: int | None) -> Iterator[tuple[Any, str]]:
             try:
                 line = _decode_line(raw, lineno)
             except ValueError as e:
-                yield ItemError(None, "<line>", str(e), where), where
+                yield ItemError(_id_of_undecodable(raw, id_field), "<line>", str(e), where), where
                 n += 1
                 continue
             if not line.strip():
@@ -229,7 +239,8 @@ def read_rows(spec: DatasetSpec, base_dir: Path | None) -> tuple[Iterable[tuple[
         p = _resolve(spec.path, base_dir)
         if not p.is_file():
             raise SpecError(f"jsonl file not found: {p}")
-        return _read_jsonl(p, spec.limit), p.parent, p.stem
+        id_column = spec.fields.get("id", "id")
+        return _read_jsonl(p, spec.limit, id_column if isinstance(id_column, str) else "id"), p.parent, p.stem
     if spec.format == "parquet":
         p = _resolve(spec.path, base_dir)
         if not p.is_file():
