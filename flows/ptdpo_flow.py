@@ -30,7 +30,8 @@ Training takes one of two branches, chosen by ``audit`` (a switch on ``train_lay
 
 Artifacts a script may rely on: ``config`` (the config file, ``extends`` resolved), ``run_config`` (the
 same, typed and checked: ``ptdpo.run_config.RunConfig``, what the steps read), ``data_manifest``,
-``hints`` (table) with ``hints_hash``, ``audit_report`` (with ``audit_verdicts``), ``train_metrics`` (one
+``hints`` (table) with ``hints_hash`` and ``hint_cache`` (per shard: hints reused from the cache, of
+them from the datastore copy, and generated), ``audit_report`` (with ``audit_verdicts``), ``train_metrics`` (one
 row per step), ``policy`` (the ``@model`` reference of the trained weights), ``eval_results`` (benchmark,
 model, metric, value, n), ``eval_comparison``, ``summary``; also ``versions``, ``train_config``, ``resumed_from_step``,
 ``resumed_from``, ``resume_chain`` (every run, task attempt and checkpoint the restore looked at, what

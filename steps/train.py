@@ -101,11 +101,14 @@ def training_workdir(parent: str | Path | None = None) -> Iterator[Path]:
     for stale in sweep_stale_workdirs(parent):
         print(f"[ptdpo] removed {stale}, left behind by a training task that is gone")
     path = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=parent))
-    fd = os.open(path / WORKDIR_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    # locked under another name, then renamed (the lock goes with the file): a sweeper starting at the same
+    # moment never sees an unlocked lock file in a folder that is in use
+    fd = os.open(path / f"{WORKDIR_LOCK}.new", os.O_CREAT | os.O_RDWR, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode())
+        os.replace(path / f"{WORKDIR_LOCK}.new", path / WORKDIR_LOCK)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
