@@ -208,18 +208,24 @@ def ws(tmp_path_factory):
     """The local datastore of the reference run and the chain (runs stay apart by run id); this process
     reads it from its folder, as a user, across namespaces."""
     from metaflow import namespace
+    from metaflow.plugins.datastores.local_storage import LocalStorage
 
     root = tmp_path_factory.mktemp("faults")
     (root / ".metaflow").mkdir()
     config = root / "fault-config.json"
     config.write_text(json.dumps(FAULT_CONFIG))
     here = os.getcwd()
+    # The client caches the local datastore's folder the first time any test of this process reads a run:
+    # point it at this workspace's (and give the earlier one back afterwards).
+    cached = LocalStorage.datastore_root
+    LocalStorage.datastore_root = str(root / ".metaflow")
     os.chdir(root)
     namespace(None)
     try:
         yield Workspace(root, _env(root), config)
     finally:
         os.chdir(here)
+        LocalStorage.datastore_root = cached
 
 
 @pytest.fixture(scope="module")
