@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -23,9 +23,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import load_average, machine_line, write_section  # noqa: E402
 from ptdpo.config import PTDConfig, TrainConfig  # noqa: E402
 from ptdpo.data.synthetic import generate_synthetic  # noqa: E402
-from ptdpo.hints import OracleGenerator  # noqa: E402
+from ptdpo.hints import OracleGenerator, run_generation  # noqa: E402
 from ptdpo.models.tiny import build_tiny_qwen3vl  # noqa: E402
 from ptdpo.trainer import Trainer  # noqa: E402
 
@@ -81,14 +82,16 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4, help="measured steps per arm (after one warm-up step)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"), help="file to write the section into")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     if args.quick:
         args.size, args.steps, args.response_length, args.prompts, args.group_size = "0.5m", 1, 8, 2, 4
+    args.loads, args.date = load_average(), time.strftime("%Y-%m-%d")
     torch.set_num_threads(args.threads)
     model, processor = build_tiny_qwen3vl(args.size, seed=0)
     items = generate_synthetic(32, seed=0, families=["count_attr"], image_size=64)
-    hints = {r.item_id: r.hint for r in OracleGenerator().generate(items) if r.hint is not None}
+    hints = {r.item_id: r.hint for r in run_generation(OracleGenerator(), items) if r.ok and r.hint is not None}
     rows = []
     for fail_fraction, label in [(1.0, "all fail"), (0.5, "half fail"), (0.0, "no fail")]:
         per_arm = {}
@@ -99,10 +102,11 @@ def main() -> None:
         rows.append((label, base, ptd, ptd["time_step"] / base["time_step"] - 1.0))
         print(f"{label}: GRPO {base['time_step']:.2f}s, GRPO+PTD {ptd['time_step']:.2f}s, "
               f"overhead {100 * rows[-1][3]:+.1f}%", flush=True)
+    args.loads = (args.loads, load_average())
     table = render(rows, args)
     print(table)
     if not args.no_write:
-        write_section(ROOT / "docs" / "benchmarks.md", table)
+        write_section(Path(args.markdown), SECTION, table)
 
 
 def render(rows, args) -> str:
@@ -112,9 +116,14 @@ def render(rows, args) -> str:
         "",
         f"Command: `{cmd}` (model `tiny:{args.size}`, G={args.group_size}, {args.prompts} prompts/step, "
         f"max response {args.response_length} tokens, K={args.k}, KL 0.01, median of {args.steps} "
-        f"measured steps per arm after a warm-up step, the two arms' steps interleaved). Machine: {platform.machine()}, {torch.get_num_threads()} "
-        f"torch threads, torch {torch.__version__}, CPU. Times in seconds per step; PTD overhead is "
-        "(GRPO+PTD step) / (GRPO step) - 1 in the same batch regime.",
+        f"measured steps per arm after a warm-up step, the two arms' steps interleaved; {torch.get_num_threads()} "
+        f"torch thread(s), torch {torch.__version__}). Machine: {machine_line()}. Measured {args.date}; 1/5/15-min "
+        f"load average {args.loads[0]} at the start, {args.loads[1]} at the end (a shared machine). Times in "
+        "seconds per step (wall); PTD overhead is (GRPO+PTD step) / (GRPO step) - 1 in the same batch regime.",
+        "",
+        "The teacher column is PTD's own extra forward (the reference model re-scoring the failed rollouts with the "
+        "hint); the Top-K JSD adds to the update column. The two arms diverge after their first update, so their "
+        "rollouts (and the rollout phase) differ; the no-fail row, where PTD does no extra work, shows that noise.",
         "",
         "| batch | arm | PTD rollouts | rollout | reward | ref | teacher | update | step | PTD overhead |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -125,18 +134,10 @@ def render(rows, args) -> str:
                 f"| {label} | {name} | {r['ptd_rollout_frac']:.2f} | {r['time_rollout']:.2f} | {r['time_reward']:.2f} "
                 f"| {r['time_ref']:.2f} | {r['time_teacher']:.2f} | {r['time_update']:.2f} | {r['time_step']:.2f} | {ov} |"
             )
+    half = next(o for label, _, _, o in rows if label == "half fail")
+    lines += ["", f"Target (PTD adds at most 35% when half the rollouts fail): "
+                  f"**{'met' if half <= 0.35 else 'not met'}**, {100 * half:+.1f}%."]
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, table: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION in text:
-        start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + table + (text[nxt + 1 :] if nxt != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + table
-    path.write_text(text)
 
 
 if __name__ == "__main__":

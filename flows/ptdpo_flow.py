@@ -30,12 +30,20 @@ Training takes one of two branches, chosen by ``audit`` (a switch on ``train_lay
 
 Artifacts a script may rely on: ``config`` (the config file, ``extends`` resolved), ``run_config`` (the
 same, typed and checked: ``ptdpo.run_config.RunConfig``, what the steps read), ``data_manifest``,
-``hints`` (table) with ``hints_hash``, ``audit_report`` (with ``audit_verdicts``), ``train_metrics`` (one
+``hints`` (table) with ``hints_hash`` and ``hint_cache`` (per shard: hints reused from the cache, of
+them from the datastore copy, and generated), ``audit_report`` (with ``audit_verdicts``), ``train_metrics`` (one
 row per step), ``tensorboard_logs`` (the same as TensorBoard event files: ``ptdpo.tracking``), ``policy``
 (the ``@model`` reference of the trained weights), ``eval_results`` (benchmark, model, metric, value, n),
-``eval_comparison``, ``eval_samples`` (a few predictions per benchmark and model), ``summary``; also ``versions``, ``train_config``, ``resumed_from_step``,
-``resumed_from``, ``final_step`` and ``train_world_size`` (processes that trained together), the same
-on both branches (``run.data.<name>``); multi-node runs add ``nodes_resumed_from`` (per node)."""
+``eval_comparison``, ``eval_samples`` (a few predictions per benchmark and model), ``summary``; also
+``versions``, ``train_config``, ``resumed_from_step``, ``resumed_from``, ``resume_chain`` (every run, task
+attempt and checkpoint the restore looked at, what it found and why it skipped it), ``final_step`` and
+``train_world_size`` (processes that trained together), the same on both branches (``run.data.<name>``);
+multi-node runs add ``nodes_resumed_from`` (per node).
+
+Faults and what to do after each: docs/reliability.md. Training never silently starts over: a resume (or
+a retry) that finds saved checkpoints but none usable fails, naming each; starting from the base policy
+then is an explicit choice (``--restart_training True`` when starting a run; ``resume --tag
+restart_training``, since ``resume`` keeps the origin run's Parameters)."""
 
 from __future__ import annotations
 
@@ -90,6 +98,17 @@ class PTDPOFlow(FlowSpec):
         help="TESTING ONLY: make train raise after this step (once its checkpoint is saved) to exercise "
              "@retry and resume. -1 disables it.",
     )
+    restart_training = Parameter(
+        "restart_training", default=False, type=bool,
+        help="When training was expected to continue from a checkpoint (a retry or a resume after checkpoints "
+             "were saved) and none is usable, start from the base policy instead of failing. Kept by every "
+             "resume of this run; a resume alone can ask for it with `resume --tag restart_training`.",
+    )
+    fault = Parameter(
+        "fault", default="",
+        help="TESTING ONLY: faults to inject, one comma-separated entry per run of a resume chain "
+             "(<step>:raise|kill[@N], or -); see flows/_faults.py. Empty: none.",
+    )
 
     # ------------------------------------------------------------------------------------- start
     @step
@@ -106,6 +125,11 @@ class PTDPOFlow(FlowSpec):
         n = rc.hints.shards if rc.hints is not None else 1
         self.hint_shards = list(range(n))
         print(f"config {rc.name!r}: policy {rc.train.policy}, {n} hint shard(s)")
+        if self.fault:
+            from _faults import parse_faults
+
+            parse_faults(self.fault, {node.name for node in self._graph})  # a typo fails here, not never
+        _maybe_fail(self)
         self.next(self.prepare_data)
 
     @resources(**step_resources("prepare_data"))
@@ -124,6 +148,7 @@ class PTDPOFlow(FlowSpec):
         m = self.data_manifest["train"]
         print(f"train: {m['count']} items ({m['filtered_overlong']} over max_prompt_length dropped), "
               f"hash {m['content_hash'][:12]}")
+        _maybe_fail(self)
         self.next(self.generate_hints, foreach="hint_shards")
 
     # ------------------------------------------------------------------------------------- hints
@@ -134,20 +159,38 @@ class PTDPOFlow(FlowSpec):
     def generate_hints(self):
         """One hint per item of this shard, audited with feedback, cached per shard (a retry or a resume
         reuses the finished items)."""
-        from steps.hints import generate_hints_shard, hint_cache_dir, shard_items
+        from _faults import fault_here
+        from _hint_store import hint_cache_for
+
+        from steps.hints import generate_hints_shard, shard_items
 
         rc = self.run_config
         self.shard = self.input
         items = shard_items(self.train_items, len(self.hint_shards))[self.shard]
+        self.shard_cache = None
         if rc.train.ptd.uses_hints:
-            run_name = f"{current.flow_name}-{getattr(current, 'origin_run_id', None) or current.run_id}"
+            cache_dir, mirror = hint_cache_for(self, current, rc.hints.cache_dir)
+            fault = fault_here(self.fault, current, self.index)
+            on_result = None
+            if fault is not None and fault.at is not None:
+                done = []
+
+                def on_result(_result, fault=fault, done=done):
+                    done.append(1)
+                    if len(done) == fault.at:
+                        fault.fire(f"after {fault.at} hint(s) of shard {self.shard}")
+
+            self.shard_cache = {}
             self.shard_hints, failures = generate_hints_shard(
-                items, rc.hints, hint_cache_dir(rc.hints.cache_dir, run_name), shard_index=self.shard
+                items, rc.hints, cache_dir, shard_index=self.shard, mirror=mirror,
+                sync_every_s=rc.hints.cache_sync_s, on_result=on_result, report=self.shard_cache,
             )
-            print(f"shard {self.shard}: {len(self.shard_hints)} items, {len(failures)} not usable")
+            print(f"shard {self.shard}: {len(self.shard_hints)} items, {len(failures)} not usable; cache: "
+                  f"{self.shard_cache}")
         else:
             self.shard_hints = []
             print("train.ptd does not use hints (baseline): no hints generated")
+        _maybe_fail(self)
         self.next(self.join_hints)
 
     @step
@@ -156,8 +199,10 @@ class PTDPOFlow(FlowSpec):
         from steps.hints import hints_table, join_hint_shards
 
         self.hints, self.hints_hash = hints_table(join_hint_shards([inp.shard_hints for inp in inputs]))
-        self.merge_artifacts(inputs, exclude=["shard", "shard_hints"])
+        self.hint_cache = [inp.shard_cache for inp in inputs]
+        self.merge_artifacts(inputs, exclude=["shard", "shard_hints", "shard_cache"])
         print(f"hints: {len(self.hints)} rows, hash {self.hints_hash[:12]}")
+        _maybe_fail(self)
         self.next(self.audit)
 
     @card(type="blank", id="audit")
@@ -186,39 +231,46 @@ class PTDPOFlow(FlowSpec):
             current.card["audit"].append(c)
         self.train_nodes_count = rc.train_nodes
         self.train_layout = "multi_node" if self.train_nodes_count > 1 else "one_node"
+        _maybe_fail(self)
         self.next({"one_node": self.train, "multi_node": self.launch_nodes}, condition="train_layout")
 
     # ------------------------------------------------------------------------------------- train
     @card(type="blank", id="training", refresh_interval=1)  # live: refreshed every tracking.card_refresh_s
     @model
-    @checkpoint(load_policy="fresh")
+    @checkpoint(load_policy="none")  # restore_for_training loads (and verifies) what to continue from
     @retry(**step_retry("train"))
     @timeout(**step_timeout("train"))
     @resources(**step_resources("train"))
     @step
     def train(self):
-        """RL with PTD from the last checkpoint, if any: this task's previous attempt (``@retry``), or the
-        origin run's last checkpoint (``resume``). Every checkpoint is saved through ``@checkpoint``; the
-        final weights through ``@model`` (``self.policy``). While it trains, the ``training`` card shows
-        the steps so far and every step goes to the configured trackers (TensorBoard event files stored
-        as ``tensorboard_logs``)."""
+        """RL with PTD from the newest valid checkpoint, if any: this task's earlier attempts (``@retry``),
+        then the runs this one resumes, back to the first (``resume``). Every checkpoint is saved through
+        ``@checkpoint``; the final weights through ``@model`` (``self.policy``). The temporary training
+        folder is removed when training ends, success or failure. While it trains, the ``training`` card
+        shows the steps so far and every step goes to the configured trackers (TensorBoard event files
+        stored as ``tensorboard_logs``)."""
         from _card_parts import LiveTrainingCard
         from _cards import training_components
         from _checkpoints import restore_for_training, train_with_checkpoints
 
         from steps.report import CURVES
+        from steps.train import training_workdir
 
-        resume_from, source = restore_for_training(current, self.__class__.__name__)
         live = LiveTrainingCard(current.card["training"], self._total_steps(), self.run_config.tracking.card_refresh_s,
                                 CURVES)
-        with self._tracking() as tracker:
+        with training_workdir() as work, self._tracking(work / "tensorboard") as tracker:
+            restored = restore_for_training(current, self.__class__.__name__, work / "restore",
+                                            restart=self._restart_requested())
+            self.resume_chain = restored.chain
+            fail_after, after_checkpoint = self._train_faults()
             out = train_with_checkpoints(
-                current, self.run_config, self.train_items, self.hints, self.audit_verdicts, resume_from,
-                fail_after_step=self.fail_after_step if self.fail_after_step >= 0 else None,
+                current, self.run_config, self.train_items, self.hints, self.audit_verdicts, restored.path,
+                work, fail_after_step=fail_after, after_checkpoint=after_checkpoint,
                 on_step=lambda result: (tracker(result), live(result)),
             )
-        self._store_training(out, source)
+            self._store_training(out, restored)
         live.finish()
+        _maybe_fail(self)
         for c in training_components(self.train_metrics, info=self._training_info(), train_config=self.train_config):
             current.card["training"].append(c)
         self.next(self.trained)
@@ -241,20 +293,25 @@ class PTDPOFlow(FlowSpec):
         saves the checkpoints and the final weights."""
         from _checkpoints import Gang, restore_for_training, train_with_checkpoints
 
+        from steps.train import training_workdir
+
         gang = Gang.from_current(current)
-        resume_from, source = restore_for_training(current, self.__class__.__name__, current.step_name,
-                                                   control_task_id=current.parallel.control_task_id)
-        print(f"[ptdpo] node {gang.node_index}: continuing from {source or 'the base policy'}")
-        with self._tracking(enabled=gang.node_index == 0) as tracker:  # node 0 follows rank 0's steps
-            out = train_with_checkpoints(
-                current, self.run_config, self.train_items, self.hints, self.audit_verdicts, resume_from,
-                fail_after_step=self.fail_after_step if self.fail_after_step >= 0 else None, gang=gang,
+        with training_workdir() as work, self._tracking(work / "tensorboard", enabled=gang.node_index == 0) as tracker:
+            restored = restore_for_training(current, self.__class__.__name__, work / "restore", current.step_name,
+                                            control_task_id=current.parallel.control_task_id,
+                                            restart=self._restart_requested())
+            print(f"[ptdpo] node {gang.node_index}: continuing from {restored.source or 'the base policy'}")
+            fail_after, after_checkpoint = self._train_faults()
+            out = train_with_checkpoints(  # node 0 follows rank 0's steps for the trackers
+                current, self.run_config, self.train_items, self.hints, self.audit_verdicts, restored.path,
+                work, fail_after_step=fail_after, gang=gang, after_checkpoint=after_checkpoint,
                 on_step=tracker if gang.node_index == 0 else None,
             )
-        self.node_index = gang.node_index
-        self.node_resumed_from = source  # what this node restored (the same on every node)
-        if out is not None:  # node 0
-            self._store_training(out, source)
+            self.node_index = gang.node_index
+            self.node_resumed_from = restored.source  # what this node restored (the same on every node)
+            if out is not None:  # node 0
+                self.resume_chain = restored.chain
+                self._store_training(out, restored)
         self.next(self.join_nodes)
 
     @card(type="blank", id="training")
@@ -276,6 +333,7 @@ class PTDPOFlow(FlowSpec):
     @step
     def trained(self):
         """Where the one-node and the multi-node branches meet; fans out the evaluation."""
+        _maybe_fail(self)
         self.next(self.evaluate, foreach="eval_branches")
 
     # ---------------------------------------------------------------------------------- evaluate
@@ -296,6 +354,7 @@ class PTDPOFlow(FlowSpec):
         )
         if self.branch_error:
             print(f"evaluation of {self.branch} failed: {self.branch_error}", file=sys.stderr)
+        _maybe_fail(self)
         self.next(self.join_eval)
 
     @step
@@ -309,6 +368,7 @@ class PTDPOFlow(FlowSpec):
         self.eval_errors = {f"{i.branch['benchmark']}/{i.branch['model']}": i.branch_error
                             for i in inputs if i.branch_error}
         self.merge_artifacts(inputs, exclude=["branch", "predictions", "branch_results", "branch_error"])
+        _maybe_fail(self)
         self.next(self.report)
 
     # ------------------------------------------------------------------------------------ report
@@ -336,21 +396,26 @@ class PTDPOFlow(FlowSpec):
                                     samples=self.eval_samples, images=sample_images(self.eval_samples, self.benchmarks),
                                     notes=notes, config=self.config.to_dict()):
             current.card["report"].append(c)
+        _maybe_fail(self)
         self.next(self.end)
 
     @step
     def end(self):
         """Done: print where to look."""
         print(f"run {current.pathspec}: summary {self.summary.get('results', {}).get('overall (mean accuracy)')}")
+        _maybe_fail(self)
 
 
     # ------------------------------------------------------------------------- training results
-    def _store_training(self, out, source: str | None) -> None:
-        """The training artifacts (:data:`TRAINING_ARTIFACTS`) from a ``steps.train.TrainOutput``; the final
-        weights through ``@model``."""
+    def _store_training(self, out, restored) -> None:
+        """The training artifacts (:data:`TRAINING_ARTIFACTS`) from a ``steps.train.TrainOutput`` and the
+        ``_checkpoints.Restored`` it continued from; the final weights through ``@model``."""
+        if int(out.resumed_from_step) != restored.step:  # the artifacts must never tell two stories
+            raise RuntimeError(f"training continued from step {out.resumed_from_step}, but the checkpoint "
+                               f"restored was {restored.source or 'none'} (step {restored.step})")
         self.train_metrics = out.metrics
         self.resumed_from_step = int(out.resumed_from_step)
-        self.resumed_from = source
+        self.resumed_from = restored.source
         self.final_step = int(out.final_step)
         self.train_world_size = int(out.world_size)
         self.policy = current.model.save(
@@ -366,23 +431,55 @@ class PTDPOFlow(FlowSpec):
         return math.ceil(tc.epochs * len(self.train_items) / tc.prompts_per_step) if tc.epochs else tc.max_steps
 
     @contextmanager
-    def _tracking(self, enabled: bool = True):
-        """The trackers of ``config.tracking`` while training runs (``ptdpo.tracking``); afterwards the
-        TensorBoard event files are stored with the run as ``tensorboard_logs``
-        (``ptdpo.tracking.export_tensorboard`` writes them out for ``tensorboard --logdir``)."""
-        import tempfile
-
+    def _tracking(self, logdir: Path, enabled: bool = True):
+        """The trackers of ``config.tracking`` while training runs (``ptdpo.tracking``), TensorBoard writing
+        under ``logdir`` (inside the training folder, removed with it); afterwards the event files are stored
+        with the run as ``tensorboard_logs`` (``ptdpo.tracking.export_tensorboard`` writes them out for
+        ``tensorboard --logdir``)."""
         from ptdpo.tracking import Tracker, open_tracker, tensorboard_files
 
         tracker = Tracker([])
         if enabled:
             tracker = open_tracker(self.run_config.tracking, f"{current.flow_name}-{current.run_id}",
-                                   tempfile.mkdtemp(prefix="ptdpo-tensorboard-"), params=self.train_config)
+                                   str(logdir), params=self.train_config)
         try:
             yield tracker
         finally:
             tracker.close()
             self.tensorboard_logs = tensorboard_files(tracker.tensorboard_dir)
+
+    def _restart_requested(self) -> bool:
+        """The user's explicit choice to start over when no checkpoint is usable: the Parameter (set when
+        the run started), or the tag ``restart_training`` on this run (``resume --tag restart_training``)."""
+        if self.restart_training:
+            return True
+        from metaflow import Run
+
+        try:
+            tags = Run(f"{current.flow_name}/{current.run_id}", _namespace_check=False).user_tags
+        except Exception:  # noqa: BLE001 - no metadata for the run yet: no tags either
+            tags = set()
+        return "restart_training" in tags
+
+    def _train_faults(self):
+        """(fail_after_step, after_checkpoint hook) for train: ``fail_after_step``, or a ``fault`` entry
+        ``train:raise@N`` / ``train:kill@N`` of this run (TESTING ONLY)."""
+        from _faults import fault_here
+
+        fail_after = self.fail_after_step if self.fail_after_step >= 0 else None
+        fault = fault_here(self.fault, current)
+        if fault is None or fault.at is None:
+            return fail_after, None
+        if fault.at == 0:
+            fault.fire("after the restore, before any training step")
+        if fault.kind == "raise":
+            return fault.at, None
+
+        def after_checkpoint(step: int) -> None:
+            if step == fault.at:
+                fault.fire(f"after checkpoint {step} was saved")
+
+        return fail_after, after_checkpoint
 
     def _training_info(self) -> dict:
         rc = self.run_config
@@ -392,10 +489,18 @@ class PTDPOFlow(FlowSpec):
 
 
 TRAINING_ARTIFACTS = ("train_metrics", "policy", "final_step", "resumed_from_step", "resumed_from",
-                      "train_world_size", "tensorboard_logs")
+                      "resume_chain", "train_world_size", "tensorboard_logs")
 
 
 # ---------------------------------------------------------------------------------------- helpers
+def _maybe_fail(flow) -> None:
+    """TESTING ONLY: the ``fault`` Parameter's entry for this run and step, if any (flows/_faults.py)."""
+    if flow.fault:
+        from _faults import maybe_fail
+
+        maybe_fail(flow.fault, current, getattr(flow, "index", None))
+
+
 def _versions() -> dict[str, str]:
     import platform
     import subprocess

@@ -119,7 +119,8 @@ AUDIT_RUN_KEYS = tuple(f.name for f in dataclasses.fields(HintAuditSection) if f
 @dataclass
 class HintsSection:
     """``hints``: how hints are generated (``generator``: ``name`` and its constructor's keywords), in how
-    many shards, whether structured, audited how, cached where."""
+    many shards, whether structured, audited how, cached where (``cache_dir``: a shared folder; unset:
+    the run's datastore, synced every ``cache_sync_s`` seconds)."""
 
     generator: dict[str, Any]
     shards: PositiveInt = 1
@@ -127,6 +128,9 @@ class HintsSection:
     unstructured_mode: Literal["convert", "generate"] = "convert"
     audit: HintAuditSection = field(default_factory=HintAuditSection)
     cache_dir: str | None = None
+    # how often finished hints are copied to the run's datastore (seconds; 0: after every hint), when
+    # cache_dir is not set; a task killed loses at most this much work to its retry or resume
+    cache_sync_s: NonNegativeFloat = 30.0
 
     def generator_config(self) -> dict[str, Any]:
         """The dict ``steps.hints.generate_hints_shard`` takes: the generator's keywords plus the run options

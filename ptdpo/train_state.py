@@ -10,7 +10,11 @@ Model and optimizer state go through torch.distributed.checkpoint's ``get_state_
   a disk (nodes with node-local checkpoint folders: only rank 0's folder is saved and restored).
 
 Either way rank 0 writes ``trainer.pt`` (scheduler, sampler, RNG, step, metrics) and commits the folder
-(``ptdpo.checkpoint``: atomic rename, ``latest`` pointer, ``meta.json`` listing every file). Before this
+(``ptdpo.checkpoint``: atomic rename, ``latest`` pointer, ``meta.json`` listing every file, every rank's
+shards included, with its size and sha256). Loading checks first that every recorded file is there
+with its recorded size (on every rank, so all of them stop together), and a file that cannot be read
+is named with its folder and step (``CheckpointError``); the full hash check is the caller's, once,
+where the checkpoint is chosen (``ptdpo.checkpoint.find_valid_checkpoint``). Before this
 module, rank 0 saved ``optimizer.state_dict()`` holding only ITS shards and every rank loaded rank 0's
 moments: no error, corrupted optimizer state.
 """
@@ -24,7 +28,14 @@ from typing import Any
 import torch
 
 from ptdpo import distributed as dist_utils
-from ptdpo.checkpoint import checkpoint_meta, commit_checkpoint, staging_folder
+from ptdpo.checkpoint import (
+    CheckpointError,
+    checkpoint_meta,
+    checkpoint_problems,
+    commit_checkpoint,
+    staging_folder,
+    torch_load,
+)
 
 SHARDS = "shards"
 
@@ -88,14 +99,21 @@ def load_train_state(path: str | Path, model: torch.nn.Module, optimizer: torch.
     )
 
     path = Path(path)
+    problems = checkpoint_problems(path, hashes=False)
+    if problems:
+        raise CheckpointError(path, None, problems)
     meta = checkpoint_meta(path)
+    step = int(meta["step"])
     fmt = meta.get("format", "full")
     if fmt == "sharded":
         import torch.distributed.checkpoint as dcp
 
         model_state, optim_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optimizer": optim_state}
-        dcp.load(state, checkpoint_id=str(path / SHARDS))
+        try:
+            dcp.load(state, checkpoint_id=str(path / SHARDS))
+        except Exception as e:  # noqa: BLE001 - DCP's errors name no checkpoint
+            raise CheckpointError(path, step, [f"{SHARDS}/ cannot be read ({type(e).__name__}: {e})"]) from e
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     elif fmt == "full":
         if not (path / "optimizer.pt").exists():
@@ -105,8 +123,8 @@ def load_train_state(path: str | Path, model: torch.nn.Module, optimizer: torch.
         rank0 = dist_utils.DistInfo.current().rank == 0
         model_state, optim_state = {}, {}
         if rank0 or not broadcast:
-            model_state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
-            optim_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
+            model_state = torch_load(path, "model.pt", step, weights_only=True)
+            optim_state = torch_load(path, "optimizer.pt", step, weights_only=False)
         # Two calls: set_state_dict would take a rank's empty model dict for "optimizer only" and skip
         # the model's broadcast there, leaving rank 0 waiting.
         options = _options(full_state_dict=True, broadcast_from_rank0=broadcast)
@@ -114,5 +132,5 @@ def load_train_state(path: str | Path, model: torch.nn.Module, optimizer: torch.
         set_optimizer_state_dict(model, optimizer, optim_state, options=options)
     else:
         raise ValueError(f"checkpoint {str(path)!r}: unknown format {fmt!r} in meta.json")
-    trainer_state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
-    return trainer_state, int(meta["step"])
+    trainer_state = torch_load(path, "trainer.pt", step, weights_only=False)
+    return trainer_state, step

@@ -34,10 +34,12 @@ from ptdpo.checkpoint import latest_checkpoint, rng_state, set_rng_state
 from ptdpo.config import Distillation, TrainConfig
 from ptdpo.data.schema import Item
 from ptdpo.engines.base import GenerationEngine
+from ptdpo.engines.prompts import distinct_prompts
 from ptdpo.hints.render import teacher_messages
 from ptdpo.hints.schema import Hint
 from ptdpo.metrics import UpdateTotals, hdpo_metrics, mean_over_updates
 from ptdpo.models.multimodal import completion_hidden_states
+from ptdpo.models.shared_prompt import shared_prompt_hidden_states
 from ptdpo.objectives import (
     LossCounts,
     chunked_full_divergence,
@@ -242,12 +244,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ forwards
     def _hidden(self, model: torch.nn.Module, rollouts: list[Rollout], prompts: list[EncodedPrompt] | None = None):
-        prompt_batch = collate_prompts(prompts or [r.prompt for r in rollouts], self.pad_id)
+        prompts = prompts or [r.prompt for r in rollouts]
         ids, mask = collate_completions([r.completion for r in rollouts], self.pad_id)
         device = next(model.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
         with self._autocast(model, device):
-            hidden = completion_hidden_states(model, prompt_batch, ids, mask)
+            if torch.is_grad_enabled():
+                hidden = completion_hidden_states(model, collate_prompts(prompts, self.pad_id), ids, mask)
+            else:  # scoring (reference, old policy, teacher): each distinct prompt's forward runs once
+                distinct, rows = distinct_prompts(prompts)
+                hidden = shared_prompt_hidden_states(model, collate_prompts(distinct, self.pad_id), rows, ids, mask)
         return hidden, ids, mask.bool()
 
     def _autocast(self, model: torch.nn.Module, device: torch.device):

@@ -9,7 +9,9 @@
   are kept in the rows, marked, never dropped).
 - :func:`join_hint_shards` the joined rows of all shards, checked for duplicates; :func:`hints_table` the
   ``hints`` artifact (a DataFrame) and its hash.
-- :func:`hint_cache_dir` where the shards keep their resumable cache.
+- :func:`hint_cache_dir` where the shards keep their resumable cache on this machine; the flow adds a
+  durable copy in the run's datastore (``mirror``: ``flows/_hint_store.py``) unless ``hints.cache_dir``
+  names a shared folder.
 
 Generator config: the run config's ``hints`` section (``ptdpo.run_config.HintsSection``), or one dict::
 
@@ -31,12 +33,12 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ptdpo.data.schema import Item
-from ptdpo.hints.generation import OK, HintResult, ShardCache, run_generation, shard_cache_path
+from ptdpo.hints.generation import OK, CacheMirror, HintResult, ShardCache, run_generation, shard_cache_path
 from ptdpo.hints.generators import make_generator, split_config
 from ptdpo.hints.schema import to_unstructured
 from ptdpo.run_config import HintsSection
@@ -69,6 +71,10 @@ def generate_hints_shard(
     cache_dir: str | Path,
     shard_index: int,
     generator=None,
+    mirror: CacheMirror | None = None,
+    sync_every_s: float = 30.0,
+    on_result: Callable[[HintResult], None] | None = None,
+    report: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Generate (or reuse from the cache) one hint per item of one shard, as the run config's ``hints``
     section says (or a generator config dict, see the module docstring).
@@ -76,7 +82,10 @@ def generate_hints_shard(
     Returns ``(rows, failures)``. Each row: ``item_id``, ``status`` (ok | rejected | failed), ``usable``,
     ``hint`` (dict or None), ``verdict``, ``error``, ``raw``, ``attempts``, ``history`` (every attempt's
     raw text, error and audit reasons), ``config_hash``. ``generator`` may pass an already built
-    generator (e.g. one vLLM engine reused across shards in one process)."""
+    generator (e.g. one vLLM engine reused across shards in one process). ``mirror``: a durable copy of
+    the cache (synced every ``sync_every_s`` seconds); ``on_result(result)`` is called after each newly
+    finished item is cached; ``report``, if given, receives ``reused`` (items taken from the cache, of
+    which ``from_mirror`` from the durable copy), ``generated`` and ``cache`` (the local file)."""
     items = _items(items)
     if isinstance(generator_config, HintsSection):
         generator_config = generator_config.generator_config()
@@ -90,7 +99,14 @@ def generate_hints_shard(
     try:
         gen.check_items(items)  # a generator that cannot serve this data says why before generating anything
         h = gen.config_hash()
-        cache = ShardCache(shard_cache_path(cache_dir, shard_index, h), h)
+        cache = ShardCache(shard_cache_path(cache_dir, shard_index, h), h, mirror=mirror, sync_every_s=sync_every_s)
+        generated = []
+
+        def finished(result: HintResult) -> None:
+            generated.append(result.item_id)
+            if on_result is not None:
+                on_result(result)
+
         results = run_generation(
             gen, items,
             max_attempts=int(run.get("max_attempts", 1)),
@@ -99,7 +115,11 @@ def generate_hints_shard(
             progress=bool(run.get("progress", True)),
             retry_rejected=bool(run.get("retry_rejected", False)),
             desc=f"hints shard {shard_index}",
+            on_result=finished,
         )
+        if report is not None:
+            report.update(reused=len(items) - len(generated), from_mirror=cache.from_mirror,
+                          generated=len(generated), cache=str(cache.path))
     finally:
         if own:
             gen.close()

@@ -7,16 +7,30 @@ same inputs, rank 0 writes the outputs. Over several nodes each node writes its 
 same inputs, and the same checkpoint to resume from, restored on that node) and runs one
 ``torchrun`` agent for its GPUs (:func:`launch_torchrun` with ``nnodes``/``node_rank``); global
 rank 0, on node 0, writes the outputs.
+
+Every training task works in a temporary folder (:func:`training_workdir`: ``ptdpo-train-*`` under the
+temp dir) holding the restored checkpoint, the checkpoints written and the final weights: gigabytes at
+real scale. It is removed when the task's training ends, whether it succeeded or failed (by then every
+checkpoint has been saved to the datastore). A task killed outright (SIGKILL, a lost node) cannot clean
+up; the next training task on that machine does: each folder holds a lock file its task keeps locked
+(``flock``, released by the kernel when the process dies), and folders whose lock is free are removed.
+Folders without a lock file are never touched (they are not ptdpo's, or not yet set up).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +55,66 @@ class TrainOutput:
 
 class InjectedFailure(RuntimeError):
     """Raised on purpose after a given step (``fail_after_step``) to test retry and resume."""
+
+
+WORKDIR_PREFIX = "ptdpo-train-"
+WORKDIR_LOCK = ".ptdpo-train.lock"
+
+
+def _lock_free(lock: Path) -> bool | None:
+    """True when nobody holds ``lock`` (its owner is gone), False when a live process does, None when it
+    cannot be told (no such file)."""
+    import fcntl
+
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing drops a lock taken here
+    return True
+
+
+def sweep_stale_workdirs(parent: str | Path | None = None) -> list[Path]:
+    """Remove the ``ptdpo-train-*`` folders under ``parent`` (default: the temp dir) left by training
+    tasks that died without cleaning up: those whose lock file no live process holds. Returns them."""
+    parent = Path(parent or tempfile.gettempdir())
+    removed = []
+    for path in sorted(parent.glob(WORKDIR_PREFIX + "*")):
+        if path.is_dir() and _lock_free(path / WORKDIR_LOCK):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def training_workdir(parent: str | Path | None = None) -> Iterator[Path]:
+    """A fresh ``ptdpo-train-*`` folder under ``parent`` (default: the temp dir) for one training task,
+    locked by this process while in use and removed on exit, success or failure. Stale folders of dead
+    tasks are removed first (:func:`sweep_stale_workdirs`)."""
+    import fcntl
+
+    parent = Path(parent or tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in sweep_stale_workdirs(parent):
+        print(f"[ptdpo] removed {stale}, left behind by a training task that is gone")
+    path = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=parent))
+    # locked under another name, then renamed (the lock goes with the file): a sweeper starting at the same
+    # moment never sees an unlocked lock file in a folder that is in use
+    fd = os.open(path / f"{WORKDIR_LOCK}.new", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode())
+        os.replace(path / f"{WORKDIR_LOCK}.new", path / WORKDIR_LOCK)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)
 
 
 def hints_by_item(hints: list[dict[str, Any]] | pd.DataFrame | None, verdicts: pd.DataFrame | None = None) -> dict:
@@ -81,10 +155,12 @@ def run_training(
     """Train in this process (and in its torch.distributed group, if one is initialised).
 
     ``out_dir/checkpoints`` receives checkpoints; if it already holds one (a ``@retry`` of the same
-    task) training continues from it, else from ``resume_from`` (a checkpoint root holding a
-    ``latest`` pointer, e.g. one restored by Metaflow's ``@checkpoint``) if given, else from the base
-    policy. ``on_checkpoint(path)`` is called after every checkpoint is written (the flow saves it
-    with ``current.checkpoint.save``); ``on_step(result)`` after every step (the flow's experiment tracking
+    task) training continues from it, else from ``resume_from`` if given: a checkpoint folder
+    (``step-*``, e.g. the one the flow chose and verified), or a root holding step folders, whose
+    newest valid checkpoint is used. A ``resume_from`` that yields no usable checkpoint raises
+    ``ptdpo.checkpoint.CheckpointError``: it never quietly becomes a start from the base policy.
+    ``on_checkpoint(path)`` is called after every checkpoint is written (the flow saves it with
+    ``current.checkpoint.save``); ``on_step(result)`` after every step (the flow's experiment tracking
     and live card: ``ptdpo.tracking``). The final weights go to ``out_dir/model``.
     """
     import torch
@@ -117,7 +193,12 @@ def run_training(
         checkpoint_dir=ckpt_dir, on_checkpoint=on_checkpoint, on_step=on_step,
     )
     resumed_from = 0
-    if trainer.resume_if_possible() or (resume_from and trainer.resume_if_possible(resume_from)):
+    if trainer.resume_if_possible():
+        resumed_from = trainer.step
+    elif resume_from:
+        from ptdpo.checkpoint import resolve_checkpoint
+
+        trainer.load(resolve_checkpoint(resume_from))
         resumed_from = trainer.step
     target = trainer.total_steps
     if fail_after_step is not None:

@@ -141,16 +141,25 @@ def test_checkpoint_staging_gives_a_folder_run_training_can_resume_from(tmp_path
 
 
 class _FakeLoader:
-    """Stands in for ``current.checkpoint`` on a node of a ``@parallel`` step: nothing auto-loaded."""
+    """Stands in for ``current.checkpoint`` on a node of a ``@parallel`` step: nothing auto-loaded; ``load``
+    writes the checkpoint a reference names into the folder asked for, as the datastore copy would be
+    (a ``step-*`` folder and its ``latest`` pointer), corrupt when the reference says so."""
 
     is_loaded = False
-    directory = "/restored"
 
     def __init__(self):
         self.loaded = []
 
-    def load(self, ref):
+    def load(self, ref, path):
+        import torch
+
+        from ptdpo.checkpoint import save_checkpoint
+
         self.loaded.append(ref)
+        step = ref["metadata"]["step"]
+        folder = save_checkpoint(path, step, {"w": torch.full((4,), float(step))}, {"step": step})
+        if ref.get("corrupt"):
+            (folder / "model.pt").write_bytes(b"x" * (folder / "model.pt").stat().st_size)
 
 
 def _node(retry_count: int, origin: str | None = None, node_index: int = 1):
@@ -161,30 +170,44 @@ def _node(retry_count: int, origin: str | None = None, node_index: int = 1):
     )
 
 
-def test_every_node_restores_node0s_checkpoint_on_retry_and_the_origin_runs_on_resume(monkeypatch):
+def test_every_node_restores_node0s_checkpoint_on_retry_and_the_origin_runs_on_resume(monkeypatch, tmp_path):
     import _checkpoints
+    import _lineage
 
     asked = []
+    saved = {("PTDPOFlow/7/train_nodes/12", 1): [{"name": "train", "metadata": {"step": 6}, "url": "ds://7/a1"}],
+             ("PTDPOFlow/7/train_nodes/12", 0): [{"name": "train", "metadata": {"step": 4}, "url": "ds://7/a0"}],
+             ("PTDPOFlow/5/train_nodes/12", 0): [{"name": "train", "metadata": {"step": 4}, "url": "ds://5/a0"}]}
 
-    def task_checkpoint(pathspec, attempts):
-        asked.append((pathspec, list(attempts)))
-        return {"name": "train", "metadata": {"step": 6}} if pathspec.endswith("/12") else None
+    def refs(pathspec, attempt):
+        asked.append((pathspec, attempt))
+        return saved.get((pathspec, attempt), [])
 
-    monkeypatch.setattr(_checkpoints, "_task_checkpoint", task_checkpoint)
-    monkeypatch.setattr(_checkpoints, "_origin_checkpoint",
-                        lambda flow, origin, step: {"name": "train", "metadata": {"step": 4}, "origin": (origin, step)})
+    monkeypatch.setattr(_checkpoints, "_refs", refs)
+    monkeypatch.setattr(_checkpoints, "_run_tasks", lambda flow, run_id, step: [
+        SimpleNamespace(pathspec=f"{flow}/{run_id}/{step}/12", current_attempt=0)])
+    monkeypatch.setattr(_lineage, "run_chain", lambda current: [current.origin_run_id] if current.origin_run_id else [])
     # a retry (attempt 2): the control task's earlier attempts, newest first, on any node
     node = _node(retry_count=2)
-    where, source = _checkpoints.restore_for_training(node, "PTDPOFlow", "train_nodes", control_task_id="12")
-    assert where == "/restored" and source == "retry of PTDPOFlow/7/train_nodes/12 (step 6)"
-    assert asked == [("PTDPOFlow/7/train_nodes/12", [1, 0])]
-    assert node.checkpoint.loaded == [{"name": "train", "metadata": {"step": 6}}]
+    restored = _checkpoints.restore_for_training(node, "PTDPOFlow", tmp_path / "a", "train_nodes", control_task_id="12")
+    assert restored.path == str(tmp_path / "a" / "candidate-0" / "step-00000006") and restored.step == 6
+    assert restored.source == "retry of PTDPOFlow/7/train_nodes/12 (step 6)"
+    assert asked == [("PTDPOFlow/7/train_nodes/12", 1)]  # the newest attempt had a usable one
+    assert node.checkpoint.loaded == saved[("PTDPOFlow/7/train_nodes/12", 1)]
+    # the same retry with attempt 1's checkpoint corrupt: skipped, attempt 0's used
+    saved[("PTDPOFlow/7/train_nodes/12", 1)][0]["corrupt"] = True
+    asked.clear()
+    restored = _checkpoints.restore_for_training(_node(2), "PTDPOFlow", tmp_path / "b", "train_nodes", "12")
+    assert restored.source == "retry of PTDPOFlow/7/train_nodes/12 (step 4)"
+    assert asked == [("PTDPOFlow/7/train_nodes/12", 1), ("PTDPOFlow/7/train_nodes/12", 0)]
+    assert [(e["attempt"], e["step"], e["outcome"]) for e in restored.chain] == [(1, 6, "skipped"), (0, 4, "used")]
     # a resume (first attempt of the new run): the origin run's newest checkpoint of the same step
     node = _node(retry_count=0, origin="5")
-    where, source = _checkpoints.restore_for_training(node, "PTDPOFlow", "train_nodes", control_task_id="12")
-    assert source == "resume of run 5 (step 4)" and node.checkpoint.loaded[0]["origin"] == ("5", "train_nodes")
+    restored = _checkpoints.restore_for_training(node, "PTDPOFlow", tmp_path / "c", "train_nodes", control_task_id="12")
+    assert restored.source == "resume of run 5 (step 4)" and node.checkpoint.loaded[0]["url"] == "ds://5/a0"
     # a first attempt of a fresh run: the base policy
-    assert _checkpoints.restore_for_training(_node(0), "PTDPOFlow", "train_nodes", "12") == (None, None)
+    restored = _checkpoints.restore_for_training(_node(0), "PTDPOFlow", tmp_path / "d", "train_nodes", "12")
+    assert (restored.path, restored.source, restored.step, restored.chain) == (None, None, 0, [])
 
 
 def test_gang_port_is_the_same_on_every_node_and_new_on_a_retry(monkeypatch):

@@ -156,6 +156,11 @@ def test_vllm_engine_arguments_colocated_and_alone():
     assert "distributed_executor_backend" not in alone
     cpu = engine_kwargs("m", VLLMConfig(), colocated=True, sleep_available=False)
     assert cpu["enable_sleep_mode"] is False and "distributed_executor_backend" not in cpu
+    # seeded requests on vLLM's CPU sampler fail after a chunked prefill: prompts are prefilled whole there
+    assert engine_kwargs("m", VLLMConfig(), colocated=True, sleep_available=False, cpu=True)[
+        "enable_chunked_prefill"] is False
+    assert engine_kwargs("m", VLLMConfig(engine_kwargs={"enable_chunked_prefill": True}), colocated=False,
+                         sleep_available=False, cpu=True)["enable_chunked_prefill"] is True
     with pytest.raises(EngineConfigError, match=r"train\.vllm\.enable_sleep_mode = true"):
         engine_kwargs("m", VLLMConfig(enable_sleep_mode=True), colocated=True, sleep_available=False,
                       where="train.vllm")

@@ -11,6 +11,7 @@ import torch
 from ptdpo.config import PTDConfig, TrainConfig
 from ptdpo.data.synthetic import generate_synthetic
 from ptdpo.hints.schema import Hint, Region
+from ptdpo.models.multimodal import select_prompts
 from ptdpo.trainer import Trainer
 
 
@@ -77,12 +78,19 @@ def test_teacher_sees_same_pixels_and_completion(tiny_policy, monkeypatch):
     items = _items()
     calls = []
     real = trainer_mod.completion_hidden_states
+    real_shared = trainer_mod.shared_prompt_hidden_states
 
     def recording(m, batch, ids, mask):
         calls.append((m, {k: v for k, v in batch.items() if torch.is_tensor(v)}, ids.clone(), mask.clone()))
         return real(m, batch, ids, mask)
 
+    def recording_shared(m, batch, rows, ids, mask):  # no-gradient forwards run each distinct prompt once
+        per_row = select_prompts(batch, rows)  # the batch as its rows see it
+        calls.append((m, {k: v for k, v in per_row.items() if torch.is_tensor(v)}, ids.clone(), mask.clone()))
+        return real_shared(m, batch, rows, ids, mask)
+
     monkeypatch.setattr(trainer_mod, "completion_hidden_states", recording)
+    monkeypatch.setattr(trainer_mod, "shared_prompt_hidden_states", recording_shared)
     trainer = Trainer(_cfg(), model, processor, items, hints=_hints(items), reward_fn=_zero_reward)
     trainer.train_step()
     teacher_calls = [c for c in calls if c[0] is trainer.reference]

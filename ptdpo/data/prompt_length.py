@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ptdpo.data.schema import Item, ItemError, item_images
+from ptdpo.data.schema import Item, ItemError, image_problem, item_images
 from ptdpo.models.multimodal import encode_prompts, render_prompts
 from ptdpo.models.tokenizer import IMAGE_TOKEN
 from ptdpo.prompts import LIBRARY_TEMPLATE, build_messages
@@ -35,8 +35,8 @@ def image_size(ref: bytes | str, item_id: str, index: int) -> tuple[int, int]:
         src = io.BytesIO(ref) if isinstance(ref, bytes | bytearray) else Path(ref)
         with Image.open(src) as img:
             width, height = img.size
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise ItemError(item_id, f"images[{index}]", f"cannot read the image's size ({e})") from e
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as e:
+        raise ItemError(item_id, f"images[{index}]", f"cannot read the image's size ({image_problem(e, ref)})") from e
     return height, width
 
 

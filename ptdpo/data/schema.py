@@ -114,6 +114,20 @@ class Item:
         return self.answer
 
 
+def image_problem(e: Exception, ref: ImageRef) -> str:
+    """What went wrong decoding image ``ref``, for a person: PIL's messages name a BytesIO object at
+    best, and its decompression-bomb error names no image at all."""
+    from PIL import Image, UnidentifiedImageError
+
+    what = f"{len(ref)} bytes starting {bytes(ref[:12])!r}" if isinstance(ref, bytes | bytearray) else str(ref)
+    if isinstance(e, Image.DecompressionBombError):
+        return (f"cannot decode image: too large to decode safely ({e}); shrink it, the processor scales every "
+                f"image down to max_pixels anyway ({what})")
+    if isinstance(e, UnidentifiedImageError):
+        return f"cannot decode image: not an image format PIL can read ({what})"
+    return f"cannot decode image ({type(e).__name__}: {e}; {what})"
+
+
 def open_image(ref: ImageRef, item_id: str | None = None, index: int = 0):
     """Decode one image reference into an RGB PIL image, or raise ItemError naming the field."""
     from PIL import Image, UnidentifiedImageError
@@ -129,10 +143,10 @@ def open_image(ref: ImageRef, item_id: str | None = None, index: int = 0):
         else:
             raise ItemError(item_id, where, f"expected PNG/JPEG bytes or a path, got {type(ref).__name__}")
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         if isinstance(e, ItemError):
             raise
-        raise ItemError(item_id, where, f"cannot decode image ({e})") from e
+        raise ItemError(item_id, where, image_problem(e, ref)) from e
     return img.convert("RGB")
 
 

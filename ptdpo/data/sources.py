@@ -89,15 +89,42 @@ def image_ref(v: Any, base: Path | None, embed: bool, item_id: str | None, fname
 # --------------------------------------------------------------------------------------------- rows
 
 
-def _read_jsonl(path: Path, limit: int | None) -> Iterator[tuple[Any, str]]:
+def _decode_line(raw: bytes, lineno: int) -> str:
+    """One line of a jsonl file as text; bytes that are not UTF-8 raise ValueError naming the column
+    (a byte offset within the line) and the bytes around it."""
+    try:
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a BOM on the first line is not data
+    except UnicodeDecodeError as e:
+        around = raw[max(0, e.start - 12):e.end + 12]
+        raise ValueError(f"not UTF-8 text: byte 0x{raw[e.start]:02x} at column {e.start + 1} ({e.reason}), near "
+                         f"{around!r}; save the file as UTF-8") from e
+
+
+def _id_of_undecodable(raw: bytes, id_field: str) -> str | None:
+    """The item id of a line that is not UTF-8, read with the bad bytes replaced, for the message."""
+    try:
+        row = json.loads(raw.decode("utf-8", errors="replace"))
+    except ValueError:
+        return None
+    value = row.get(id_field) if isinstance(row, dict) else None
+    return str(value) if isinstance(value, str | int) else None
+
+
+def _read_jsonl(path: Path, limit: int | None, id_field: str = "id") -> Iterator[tuple[Any, str]]:
     n = 0
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with open(path, "rb") as fh:  # decoded line by line, so a bad byte is reported with its line
+        for lineno, raw in enumerate(fh, start=1):
             if limit is not None and n >= limit:
                 return
+            where = f"{path.name} line {lineno}"
+            try:
+                line = _decode_line(raw, lineno)
+            except ValueError as e:
+                yield ItemError(_id_of_undecodable(raw, id_field), "<line>", str(e), where), where
+                n += 1
+                continue
             if not line.strip():
                 continue
-            where = f"{path.name} line {lineno}"
             try:
                 row = json.loads(line)
             except ValueError as e:
@@ -110,9 +137,19 @@ def _read_jsonl(path: Path, limit: int | None) -> Iterator[tuple[Any, str]]:
 def _read_parquet(path: Path, limit: int | None) -> Iterator[tuple[Any, str]]:
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # noqa: BLE001 - Arrow's errors name no file
+        raise SpecError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from e
     i = 0
-    for batch in pf.iter_batches(batch_size=256):
+    batches = pf.iter_batches(batch_size=256)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as e:  # noqa: BLE001 - a corrupt page: say where reading stopped
+            raise SpecError(f"{path}: cannot read the rows from row {i} on ({type(e).__name__}: {e})") from e
         for row in batch.to_pylist():
             if limit is not None and i >= limit:
                 return
@@ -125,7 +162,14 @@ def _iter_dataset(ds: Any, label: str, limit: int | None) -> Iterator[tuple[Any,
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     i = 0
-    for table in ds.with_format("arrow").iter(batch_size=256):
+    tables = iter(ds.with_format("arrow").iter(batch_size=256))
+    while True:
+        try:
+            table = next(tables)
+        except StopIteration:
+            return
+        except Exception as e:  # noqa: BLE001 - the dataset's files are damaged: say where reading stopped
+            raise SpecError(f"{label}: cannot read the rows from row {i} on ({type(e).__name__}: {e})") from e
         for row in table.to_pylist():
             yield row, f"{label} row {i}"
             i += 1
@@ -195,7 +239,8 @@ def read_rows(spec: DatasetSpec, base_dir: Path | None) -> tuple[Iterable[tuple[
         p = _resolve(spec.path, base_dir)
         if not p.is_file():
             raise SpecError(f"jsonl file not found: {p}")
-        return _read_jsonl(p, spec.limit), p.parent, p.stem
+        id_column = spec.fields.get("id", "id")
+        return _read_jsonl(p, spec.limit, id_column if isinstance(id_column, str) else "id"), p.parent, p.stem
     if spec.format == "parquet":
         p = _resolve(spec.path, base_dir)
         if not p.is_file():
@@ -224,8 +269,14 @@ def read_rows(spec: DatasetSpec, base_dir: Path | None) -> tuple[Iterable[tuple[
         kwargs["data_files"] = data_files
     if spec.revision:
         kwargs["revision"] = spec.revision
-    dd = datasets.load_dataset(path, spec.name, split=spec.split, **kwargs)
     label = spec.path if spec.path else "dataset"
+    try:
+        dd = datasets.load_dataset(path, spec.name, split=spec.split, **kwargs)
+    except (SpecError, ImportError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - e.g. a bad line in a json data file, named by no location
+        files = f" (data_files {data_files!r})" if data_files is not None else ""
+        raise SpecError(f"cannot load dataset {path!r}{files}: {type(e).__name__}: {e}") from e
     if spec.name:
         label += f"/{spec.name}"
     ds = _pick_split(dd, spec.split, label)

@@ -81,6 +81,32 @@ def split_prompt_batch(
     return out
 
 
+def distinct_prompts(prompts: Sequence[EncodedPrompt]) -> tuple[list[EncodedPrompt], list[int]]:
+    """(the distinct prompts of ``prompts`` in first-seen order, each row's index among them). Two rows
+    share a prompt when it is the same object or has the same token ids, image rows and image grid (the
+    teacher's prompts are encoded per rollout), so the prompt part of their forward can run once
+    (``ptdpo.models.shared_prompt``)."""
+    distinct: list[EncodedPrompt] = []
+    by_ids: dict[tuple, list[int]] = {}
+    rows: list[int] = []
+    for p in prompts:
+        key = tuple(p.input_ids.tolist()) if p.input_ids is not None else (id(p),)
+        match = next((u for u in by_ids.get(key, []) if distinct[u] is p or _same_images(distinct[u], p)), None)
+        if match is None:
+            match = len(distinct)
+            distinct.append(p)
+            by_ids.setdefault(key, []).append(match)
+        rows.append(match)
+    return distinct, rows
+
+
+def _same_images(a: EncodedPrompt, b: EncodedPrompt) -> bool:
+    if (a.pixel_values is None) != (b.pixel_values is None):
+        return False
+    return a.pixel_values is None or (torch.equal(a.pixel_values, b.pixel_values)
+                                      and torch.equal(a.image_grid_thw, b.image_grid_thw))
+
+
 def collate_prompts(prompts: list[EncodedPrompt], pad_id: int) -> dict[str, torch.Tensor]:
     """Left-pad prompts into one batch; image rows are concatenated in row order."""
     missing = [i for i, p in enumerate(prompts) if p.input_ids is None]

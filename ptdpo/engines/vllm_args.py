@@ -77,13 +77,17 @@ def engine_kwargs(
     world_size: int = 1,
     pixel_limits: tuple[int, int] | None = None,
     where: str = "vllm",
+    cpu: bool = False,
 ) -> dict[str, Any]:
     """Keyword arguments of ``vllm.LLM`` for ``model`` (a folder or hub id).
 
     ``colocated``: the engine shares its device with a trainer (less memory, sleep mode where the
     platform has it, ``external_launcher`` under torch.distributed). ``sleep_available``: the platform
     supports sleep mode. ``pixel_limits``: the trainer's (min_pixels, max_pixels), so vLLM resizes
-    images exactly as the trainer's processor does."""
+    images exactly as the trainer's processor does. ``cpu``: the CPU platform, whose vLLM 0.32 sampler
+    cannot rewind a seeded request's generator after a partial (chunked) prefill ("CPU Generator does not
+    use offset", as soon as a batch's prompts exceed one step's token budget): prompts are prefilled whole
+    there unless ``engine_kwargs`` says otherwise."""
     tp = options.tensor_parallel_size
     sleep = options.enable_sleep_mode
     if sleep and not sleep_available:
@@ -129,6 +133,8 @@ def engine_kwargs(
     if clash:
         raise EngineConfigError(f"{where}.engine_kwargs sets {clash}: use the typed option(s) of {where} instead")
     kwargs.update(options.engine_kwargs)
+    if cpu:
+        kwargs.setdefault("enable_chunked_prefill", False)
     return kwargs
 
 

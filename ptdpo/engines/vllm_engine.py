@@ -122,7 +122,7 @@ class VLLMEngine:
         self.engine_kwargs = engine_kwargs(
             self.model, self.options, colocated=self.colocated,
             sleep_available=current_platform.is_sleep_mode_available(), world_size=self.world_size,
-            pixel_limits=limits, where=self.where,
+            pixel_limits=limits, where=self.where, cpu=current_platform.is_cpu(),
         )
         return vllm.LLM(**self.engine_kwargs)
 

@@ -16,6 +16,12 @@ one line with a single write, flushed and fsynced; a line cut by a crash is skip
 next append starts on a fresh line), so earlier lines are never lost. Re-running a shard reuses every
 ``ok``/``rejected`` line and generates only the missing and ``failed`` items.
 
+A cache may also keep a copy somewhere durable (``mirror``, a :class:`CacheMirror`: the flow passes the
+run's datastore, local or S3), so that a retry or a resume on another machine, whose local disk is
+empty, still reuses the finished items. The copy is a folder of immutable segments, each holding the
+lines appended since the previous one; they are written at most every ``sync_every_s`` seconds and when
+the shard ends (success or exception), and read back, in order, before the local file.
+
 This module knows the generators only through the interface: it imports none of them.
 """
 
@@ -24,10 +30,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+import time
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ptdpo.data.schema import Item
 from ptdpo.hints.audit import AuditConfig, audit, feedback_text, item_facts
@@ -56,31 +64,63 @@ def shard_cache_path(cache_dir: str | os.PathLike, shard_index: int, cfg_hash: s
     return Path(cache_dir) / f"hints-shard{int(shard_index):05d}-{cfg_hash}.jsonl"
 
 
-class ShardCache:
-    """Append-only jsonl of finished HintResults for one shard and one generator configuration."""
+class CacheMirror(Protocol):
+    """Durable storage for a cache's segments: keys are ``<folder>/<segment name>``."""
 
-    def __init__(self, path: str | os.PathLike, cfg_hash: str):
+    def list(self, folder: str) -> list[str]:
+        """The keys of the segments under ``folder`` (any order)."""
+
+    def get(self, key: str) -> bytes: ...
+
+    def put(self, key: str, data: bytes) -> None: ...
+
+
+class ShardCache:
+    """Append-only jsonl of finished HintResults for one shard and one generator configuration, with an
+    optional durable copy (``mirror``) synced every ``sync_every_s`` seconds (module docstring)."""
+
+    def __init__(self, path: str | os.PathLike, cfg_hash: str, mirror: CacheMirror | None = None,
+                 sync_every_s: float = 30.0):
         self.path = Path(path)
         self.cfg_hash = cfg_hash
         self.skipped_lines = 0
+        self.mirror, self.sync_every_s = mirror, float(sync_every_s)
+        self.folder = self.path.name  # the segments' folder in the mirror
+        self.from_mirror = 0  # results read from the mirror by the last load()
+        self._pending: list[str] = []
+        self._last_sync = float("-inf")
+        self._writer = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._seq = 0
+
+    def _mirror_lines(self) -> list[str]:
+        if self.mirror is None:
+            return []
+        lines = []
+        for key in sorted(self.mirror.list(self.folder)):  # segment names sort by the time they were written
+            lines.extend(self.mirror.get(key).decode("utf-8", errors="replace").splitlines())
+        return lines
 
     def load(self) -> dict[str, HintResult]:
-        """Latest result per item id; lines of another config hash or cut by a crash are skipped."""
+        """Latest result per item id (the mirror's segments first, then the local file); lines of another
+        config hash or cut by a crash are skipped."""
         out: dict[str, HintResult] = {}
         self.skipped_lines = 0
-        if not self.path.exists():
-            return out
-        with self.path.open("r", encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
+        remote = self._mirror_lines()
+        local: list[str] = []
+        if self.path.exists():
+            with self.path.open("r", encoding="utf-8", errors="replace") as f:
+                local = f.read().splitlines()
+        for line in remote + local:
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                if d.get("config_hash") != self.cfg_hash:
                     continue
-                try:
-                    d = json.loads(line)
-                    if d.get("config_hash") != self.cfg_hash:
-                        continue
-                    out[d["item_id"]] = HintResult.from_dict(d)
-                except (json.JSONDecodeError, KeyError, TypeError, HintError):
-                    self.skipped_lines += 1
+                out[d["item_id"]] = HintResult.from_dict(d)
+            except (json.JSONDecodeError, KeyError, TypeError, HintError):
+                self.skipped_lines += 1
+        self.from_mirror = len({json.loads(x)["item_id"] for x in remote if _parses(x, self.cfg_hash)})
         if self.skipped_lines:
             log.warning("%s: skipped %d unreadable line(s) (cut by a crash?)", self.path, self.skipped_lines)
         return out
@@ -98,6 +138,33 @@ class ShardCache:
             f.write(prefix + line)
             f.flush()
             os.fsync(f.fileno())
+        if self.mirror is not None:
+            self._pending.append(line)
+            if time.monotonic() - self._last_sync >= self.sync_every_s:
+                self.sync()
+
+    def sync(self) -> None:
+        """Write the lines appended since the last sync to the mirror as one new segment. A failure is
+        logged and retried at the next sync: the local file still has every line."""
+        if self.mirror is None or not self._pending:
+            return
+        key = f"{self.folder}/seg-{int(time.time() * 1000):013d}-{self._writer}-{self._seq:06d}.jsonl"
+        try:
+            self.mirror.put(key, "".join(self._pending).encode("utf-8"))
+        except Exception as e:  # noqa: BLE001 - storage errors of any backend
+            log.warning("could not copy %d hint(s) to %s: %s", len(self._pending), key, e)
+            return
+        self._seq += 1
+        self._pending = []
+        self._last_sync = time.monotonic()
+
+
+def _parses(line: str, cfg_hash: str) -> bool:
+    try:
+        d = json.loads(line)
+        return d.get("config_hash") == cfg_hash and "item_id" in d
+    except (json.JSONDecodeError, AttributeError):
+        return False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -213,9 +280,11 @@ def run_generation(
     progress: bool = False,
     retry_rejected: bool = False,
     desc: str = "hints",
+    on_result: Callable[[HintResult], None] | None = None,
 ) -> list[HintResult]:
     """One HintResult per item, in item order. With a cache: finished items are reused and every newly
-    finished item is appended as soon as it is final."""
+    finished item is appended as soon as it is final (then ``on_result(result)``); the cache's mirror is
+    synced when the loop ends, also by an exception."""
     if max_attempts < 1:
         raise ValueError("max_attempts must be >= 1")
     config = audit_config if isinstance(audit_config, AuditConfig) else AuditConfig.from_dict(audit_config)
@@ -233,6 +302,8 @@ def run_generation(
         results[result.item_id] = result
         if cache is not None:
             cache.append(result)
+        if on_result is not None:
+            on_result(result)
 
     try:
         if todo:
@@ -240,6 +311,8 @@ def run_generation(
     finally:
         if bar is not None:
             bar.close()
+        if cache is not None:
+            cache.sync()
     return [results[i] for i in ids]
 
 
@@ -280,10 +353,12 @@ def regenerate_with_feedback(
     finally:
         if bar is not None:
             bar.close()
+        if cache is not None:
+            cache.sync()
     return [out[r.item_id] for r in results]
 
 
 __all__ = [
-    "FAILED", "OK", "REJECTED", "GenerationRequest", "HintGenerator", "HintResult", "RawOutput",
+    "FAILED", "OK", "REJECTED", "CacheMirror", "GenerationRequest", "HintGenerator", "HintResult", "RawOutput",
     "ShardCache", "regenerate_with_feedback", "run_generation", "shard_cache_path",
 ]

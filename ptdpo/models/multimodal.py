@@ -341,6 +341,7 @@ def generate_completions(
     output_logits: bool = False,
     row_seeds: Sequence[int] | None = None,
     output_logprobs: bool = False,
+    rows: Sequence[int] | None = None,
 ) -> Completions:
     """One completion per prompt row, in one batched ``model.generate`` call (KV cache).
 
@@ -354,16 +355,23 @@ def generate_completions(
     from the global RNG (which advances) when neither is; with a seed the global RNG is untouched. A
     row's completion depends on its prompt, its seed and the model only, not on the other rows.
     ``output_logprobs``: ``Completions.logprobs``, the raw log pi of each completion token.
+
+    ``rows``: the batch holds distinct prompts and output row ``r`` completes prompt ``rows[r]`` (e.g. G
+    rollouts of each prompt): each prompt's forward runs once and its KV cache is copied to its rows
+    (``ptdpo.models.shared_prompt``); the rows' samples are the same as with the prompts repeated.
     """
     from transformers import GenerationConfig
 
     from ptdpo.models.sampling import RowSampler, mix_seed
 
+    if rows is not None and output_logits:  # the first step's logits are not kept by the shared prefill
+        batch, rows = select_prompts(batch, rows), None
+
     device = model_device(model)
     eos = eos_token_ids(model, processor)
     pad = pad_token_id(processor)
     suppress = sorted(set(vision_special_token_ids(processor.tokenizer)) | set(suppress_token_ids or []))
-    B = batch["input_ids"].shape[0]
+    B = batch["input_ids"].shape[0] if rows is None else len(rows)
     seeds = None
     if do_sample:
         if row_seeds is not None:
@@ -397,11 +405,21 @@ def generate_completions(
     gm.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad, bos_token_id=None)
     try:
         with _fsdp_root_unsharded(gm):
-            out = gm.generate(**inputs, generation_config=gen_config, logits_processor=[sampler],
-                              synced_gpus=_is_sharded_multi_rank(gm))
+            if rows is None:
+                out = gm.generate(**inputs, generation_config=gen_config, logits_processor=[sampler],
+                                  synced_gpus=_is_sharded_multi_rank(gm))
+                generated = out.sequences[:, prompt_len:]
+            else:
+                inputs, first = prefill_shared_prompts(gm, inputs, rows, sampler)
+                generated = first[:, None]
+                if max_new_tokens > 1:
+                    gen_config.max_new_tokens = int(max_new_tokens) - 1
+                    out = gm.generate(**inputs, generation_config=gen_config, logits_processor=[sampler],
+                                      synced_gpus=_is_sharded_multi_rank(gm))
+                    generated = out.sequences[:, prompt_len:]
     finally:
         gm.generation_config = saved
-    ids, mask, lengths, truncated = trim_completions(out.sequences[:, prompt_len:], eos, pad)
+    ids, mask, lengths, truncated = trim_completions(generated, eos, pad)
     texts = processor.tokenizer.batch_decode(
         [row[: int(n)].tolist() for row, n in zip(ids, lengths)], skip_special_tokens=True
     )
@@ -413,6 +431,27 @@ def generate_completions(
         logprobs = sampler.logprobs()[:, : ids.shape[1]].to(ids.device) * mask
     return Completions(ids=ids, mask=mask, lengths=lengths, truncated=truncated, texts=texts, logits=logits,
                        logprobs=logprobs)
+
+
+def prefill_shared_prompts(gm, inputs: dict[str, Any], rows: Sequence[int], logits_processor
+                           ) -> tuple[dict[str, Any], torch.Tensor]:
+    """generate()'s first step when output row ``r`` completes prompt ``rows[r]`` of the distinct prompts in
+    ``inputs``: their forward, its cache copied to the rows, each row's first token picked by
+    ``logits_processor``. Returns the ``generate`` arguments that continue from there, and those tokens."""
+    index = torch.as_tensor(list(rows), dtype=torch.long, device=inputs["input_ids"].device)
+    if index.numel() == 0 or int(index.min()) < 0 or int(index.max()) >= inputs["input_ids"].shape[0]:
+        raise ValueError(f"rows must index the {inputs['input_ids'].shape[0]} prompts of the batch, got {list(rows)}")
+    positions, following = prompt_positions(gm, inputs["input_ids"], inputs["attention_mask"],
+                                            inputs["mm_token_type_ids"], inputs.get("image_grid_thw"))
+    out = gm(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
+    ids, mask = inputs["input_ids"][index], inputs["attention_mask"][index]
+    first = logits_processor(ids, out.logits[:, -1][index]).argmax(-1)
+    cache = out.past_key_values
+    cache.batch_select_indices(index)
+    # generate() puts a new token at (its count of real tokens before it) + rope_deltas
+    get_base_model(gm).rope_deltas = (following - inputs["attention_mask"].sum(-1))[index][:, None]
+    return {"input_ids": torch.cat([ids, first[:, None]], 1), "past_key_values": cache,
+            "attention_mask": torch.cat([mask, torch.ones_like(first)[:, None]], 1)}, first
 
 
 def trim_completions(
@@ -454,6 +493,15 @@ def rope_position_ids(
         attention_mask=attention_mask,
     )
     return position_ids
+
+
+def prompt_positions(model, input_ids, attention_mask, mm_token_type_ids, image_grid_thw=None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M-RoPE positions [3, B, P] of left-padded prompts, the position of each prompt's next token [B]:
+    text after the prompt continues from its largest position + 1 in all three sections)."""
+    positions = rope_position_ids(model, input_ids, attention_mask, mm_token_type_ids, image_grid_thw)
+    real = attention_mask.bool()[None].expand_as(positions)
+    return positions, positions.masked_fill(~real, -1).amax(dim=(0, 2)) + 1
 
 
 def completion_hidden_states(
