@@ -36,7 +36,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOW = ROOT / "flows" / "ptdpo_flow.py"
-TINY = ROOT / "configs" / "tiny.json"
+TINY = ROOT / "configs" / "tiny-test.json"  # the fast test config
 STEPS = ["start", "prepare_data", "generate_hints", "join_hints", "audit", "train", "trained", "evaluate",
          "join_eval", "report", "end"]
 TIMING = ("time_", "tokens_per_s")
