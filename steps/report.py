@@ -315,7 +315,9 @@ def end_of_run_lines(run_pathspec: str, summary: Mapping[str, Any]) -> list[str]
     length), then where to look."""
     from ptdpo.study.stats import fmt_interval
 
-    lines = [f"run {run_pathspec}: overall (mean accuracy) {summary.get('results', {}).get('overall (mean accuracy)')}"]
+    overall = summary.get("results", {}).get("overall (mean accuracy)") or {}
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in overall.items() if "Δ" not in k)  # the deltas follow per benchmark
+    lines = [f"run {run_pathspec}: mean accuracy over the benchmarks: {shown or 'not measured'}"]
     for r in summary.get("accuracy_intervals") or []:
         excl = "excludes 0" if r["delta_excludes_0"] else "includes 0"
         lines.append(f"  {r['benchmark']} ({r['n_trained']} items): base {fmt_interval(r['base'], r['base_low'], r['base_high'])}"
@@ -323,5 +325,6 @@ def end_of_run_lines(run_pathspec: str, summary: Mapping[str, Any]) -> list[str]
                      f"{fmt_interval(r['delta'], r['delta_low'], r['delta_high'])} ({r['delta_method']} 95% interval, "
                      f"{excl})")
     run_id = run_pathspec.split("/")[-1]
-    lines.append(f"the report card: python flows/ptdpo_flow.py card view {run_id}/report --id report")
+    lines.append(f"the report card: python flows/ptdpo_flow.py card view {run_id}/report --id report  (or card get "
+                 f"{run_id}/report --id report report.html)")
     return lines
