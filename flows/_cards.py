@@ -185,8 +185,10 @@ def about_run(summary: Mapping[str, Any], config: Mapping[str, Any] | None) -> l
     return out
 
 
-def accuracy_chart(comparison: pd.DataFrame, models: list[str]) -> list:
-    """Bars of accuracy per benchmark and model, or the reason in words when there is nothing to draw."""
+def accuracy_chart(comparison: pd.DataFrame, models: list[str],
+                   intervals: list[Mapping[str, Any]] | None = None) -> list:
+    """Bars of accuracy per benchmark and model, or the reason in words when there is nothing to draw; with
+    ``intervals`` (the summary's ``accuracy_intervals``), the base and trained bars carry their 95% intervals."""
     benches = comparison[~comparison["benchmark"].astype(str).str.startswith("overall")]
     if not len(benches) or not models:
         return [Markdown("**Accuracy chart:** no data (no benchmark was evaluated).")]
@@ -198,15 +200,56 @@ def accuracy_chart(comparison: pd.DataFrame, models: list[str]) -> list:
     fig, ax = pyplot.subplots(figsize=(min(9.0, max(5.0, 1.3 * len(benches) * max(1, len(models)) / 2)), 3.2))
     width = 0.8 / len(models)
     xs = range(len(benches))
+    by_bench = {r["benchmark"]: r for r in intervals or []}
     for j, m in enumerate(models):
-        ax.bar([x + j * width for x in xs], benches[m].fillna(0.0), width, label=m)
+        values = benches[m].fillna(0.0)
+        err = None
+        if m in ("base", "trained") and by_bench:  # the Wilson interval as an asymmetric error bar (0 if unknown)
+            rows = [by_bench.get(str(b)) for b in benches["benchmark"]]
+            err = [[v - r[f"{m}_low"] if r else 0.0 for v, r in zip(values, rows)],
+                   [r[f"{m}_high"] - v if r else 0.0 for v, r in zip(values, rows)]]
+        ax.bar([x + j * width for x in xs], values, width, label=m, yerr=err, capsize=3 if err else 0)
     ax.set_xticks([x + width * (len(models) - 1) / 2 for x in xs])
     ax.set_xticklabels(benches["benchmark"], rotation=20, fontsize=8)
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    return [say("Accuracy per benchmark, one bar per model."), Image(figure_png(fig), label="accuracy by benchmark")]
+    what = "Accuracy per benchmark, one bar per model" + (
+        "; the lines on the base and trained bars are their 95% intervals." if by_bench else ".")
+    return [say(what), Image(figure_png(fig), label="accuracy by benchmark")]
+
+
+def interval_components(intervals: list[Mapping[str, Any]]) -> list:
+    """Base vs trained per benchmark: a table of each accuracy and the difference with 95% intervals, a
+    sentence per benchmark saying whether the difference's interval excludes 0, and what the intervals are."""
+    from ptdpo.study.stats import fmt_interval
+
+    out: list = [Markdown("### Base vs trained, with 95% intervals")]
+    out.append(say("Accuracy of the base policy (before RL) and of the trained policy on the same held-out items; "
+                   "each with its 95% interval, the range that the accuracy on many more items of the same kind "
+                   "would fall in 95 times out of 100. If the interval of trained minus base lies wholly above 0, "
+                   "the run shows that training improved the policy; if it includes 0, this number of items "
+                   "cannot tell an improvement from chance."))
+    out.append(Table([[r["benchmark"], r["n_trained"], fmt_interval(r["base"], r["base_low"], r["base_high"]),
+                       fmt_interval(r["trained"], r["trained_low"], r["trained_high"]),
+                       fmt_interval(r["delta"], r["delta_low"], r["delta_high"]),
+                       "yes" if r["delta_excludes_0"] else "no", r.get("delta_method", "independent")]
+                      for r in intervals],
+                     headers=["benchmark", "items", "base", "trained", "trained - base", "excludes 0", "interval"]))
+    out.extend(Markdown(f"**{r['benchmark']}:** {r['sentence']}") for r in intervals)
+    methods = {r.get("delta_method", "independent") for r in intervals}
+    how = ["Wilson intervals for each accuracy."]
+    if "paired" in methods:
+        how.append("Paired: Newcombe's square-and-add interval for paired data, from the items both models got "
+                   "right, only one got right, or neither; it uses that the two models were scored on the same "
+                   "items.")
+    if "independent" in methods:
+        how.append("Independent: Newcombe's interval for two independent samples (no per-item scores, or several "
+                   "samples per item); the models were scored on the same items, so the true interval is "
+                   "narrower: the statement is conservative.")
+    out.append(say(" ".join(how)))
+    return out
 
 
 def sample_components(samples: pd.DataFrame | None, images: Mapping[tuple, bytes] | None) -> list:
@@ -252,14 +295,10 @@ def results_components(summary: Mapping[str, Any], comparison: pd.DataFrame, eva
     out.extend(tables(comparison, key="benchmark", cells=rel_cols))
     intervals = summary.get("accuracy_intervals") or []
     if intervals:
-        out.append(Markdown("### Base vs trained, with 95% intervals"))
-        out.extend(Markdown(f"**{r['benchmark']}:** {r['sentence']}") for r in intervals)
-        out.append(say("Intervals: Wilson for each accuracy over the benchmark's items; Newcombe for the "
-                       "difference, which treats the two models' scores as independent samples (they are scored "
-                       "on the same items, so the true interval is narrower: the statement is conservative)."))
+        out.extend(interval_components(intervals))
     for n in notes or []:
         out.append(Markdown(f"**Why:** {n}"))
-    out.extend(accuracy_chart(comparison, models))
+    out.extend(accuracy_chart(comparison, models, intervals))
     if summary.get("eval_errors"):
         out.append(Markdown(f"**Benchmarks that failed to evaluate:** {', '.join(summary['eval_errors'])}"))
     out.extend(sample_components(samples, images))

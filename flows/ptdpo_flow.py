@@ -34,7 +34,8 @@ same, typed and checked: ``ptdpo.run_config.RunConfig``, what the steps read), `
 them from the datastore copy, and generated), ``audit_report`` (with ``audit_verdicts``), ``train_metrics`` (one
 row per step), ``tensorboard_logs`` (the same as TensorBoard event files: ``ptdpo.tracking``), ``policy``
 (the ``@model`` reference of the trained weights), ``eval_results`` (benchmark, model, metric, value, n),
-``eval_comparison``, ``eval_samples`` (a few predictions per benchmark and model), ``summary``; also
+``eval_comparison``, ``eval_samples`` (a few predictions per benchmark and model), ``eval_item_scores``
+(each item's score per benchmark and model), ``summary`` (with ``accuracy_intervals``); also
 ``versions``, ``train_config``, ``resumed_from_step``, ``resumed_from``, ``resume_chain`` (every run, task
 attempt and checkpoint the restore looked at, what it found and why it skipped it), ``final_step`` and
 ``train_world_size`` (processes that trained together), the same on both branches (``run.data.<name>``);
@@ -361,10 +362,12 @@ class PTDPOFlow(FlowSpec):
     def join_eval(self, inputs):
         """The long results table of every branch."""
         from steps.evaluate import join_results
-        from steps.report import pick_samples
+        from steps.report import item_scores, pick_samples
 
         self.eval_results = join_results([inp.branch_results for inp in inputs])
         self.eval_samples = pick_samples([inp.predictions for inp in inputs])  # a few per branch, for the report
+        # every item's score per branch: the paired interval of trained - base needs the items, not the mean
+        self.eval_item_scores = item_scores([inp.predictions for inp in inputs])
         self.eval_errors = {f"{i.branch['benchmark']}/{i.branch['model']}": i.branch_error
                             for i in inputs if i.branch_error}
         self.merge_artifacts(inputs, exclude=["branch", "predictions", "branch_results", "branch_error"])
@@ -388,7 +391,7 @@ class PTDPOFlow(FlowSpec):
             self.config.to_dict(), self.data_manifest, self.audit_report, self.train_metrics, self.eval_results,
             self.eval_comparison,
             train_info={"final_step": self.final_step, "resumed_from_step": self.resumed_from_step},
-            train_config=self.train_config,
+            train_config=self.train_config, item_scores=self.eval_item_scores,
         )
         max_new = rc.eval.generation.max_new_tokens if rc.eval.generation is not None else None
         notes = truncation_notes(self.eval_results, max_new, self.train_metrics, rc.train.max_response_length)
@@ -402,7 +405,10 @@ class PTDPOFlow(FlowSpec):
     @step
     def end(self):
         """Done: print where to look."""
-        print(f"run {current.pathspec}: summary {self.summary.get('results', {}).get('overall (mean accuracy)')}")
+        from steps.report import end_of_run_lines
+
+        for line in end_of_run_lines(f"{current.flow_name}/{current.run_id}", self.summary):
+            print(line)
         _maybe_fail(self)
 
 

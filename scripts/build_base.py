@@ -1,20 +1,22 @@
 """Build the warm-started base model of the default run (configs/tiny.json) and check it.
 
-    python scripts/build_base.py                 # writes models/grid-base-0.5m (about a minute on one core)
+    python scripts/build_base.py                 # writes models/grid-base-0.5m (about 20 s on one core)
     python scripts/build_base.py --check         # rebuilds it in a temporary folder and compares
 
 The default run must show learning, so it cannot start from a random model (nothing to improve on the
 answer with 8 rollouts per prompt and a few minutes of CPU). This script warm-starts the tiny 0.5M
 Qwen3-VL (head size 32, a size vLLM serves) on ``grid_color`` items (``ptdpo.data.synthetic.grid``: "What
-colour is the square with the white dot?", 25 possible colours) in the default run's prompt format
-(``boxed``), with a supervised budget that stops it part of the way: it has learned the format and that
-the answer is the colour of one of the squares, and only begun to find the white dot. RL then has
-something to learn that the held-out accuracy shows.
+colour is the square with the white dot?", 25 possible colours; 64-px scenes) in the default run's prompt
+format (``boxed``), with a supervised budget that stops it part of the way: it has learned the format and
+that the answer is the colour of one of the squares, and has begun to find the white dot. Measured here,
+held-out greedy accuracy after 200 / 300 / 400 / 600 SFT steps: 0.17 / 0.42 / 0.74 / 0.97; 300 steps put
+the base on the steep part of that curve, where its sampled answers are right often enough for RL's
+groups to carry signal, and RL then has something to learn that the held-out accuracy shows.
 
 The weights are committed (``models/grid-base-0.5m``, about 2 MB) with ``build_manifest.json``: the
 recipe, the fingerprint of the weights and the held-out accuracy measured here. The build is deterministic
 on one thread (fixed seeds, fixed data); ``--check`` rebuilds and compares the weights with the committed
-ones (tests/test_study.py runs it).
+ones (tests/test_main_job.py runs it).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 DEFAULT_OUT = ROOT / "models" / "grid-base-0.5m"
 MANIFEST = "build_manifest.json"
 # the recipe: data and warm start (ptdpo.study.base_model.DataSpec / WarmStartSpec fields)
-DATA = {"families": ["grid_color"], "difficulty": [1, 1], "image_size": 96, "seed": 7}
+# 64-px scenes: at 96 px (more image tokens) the 0.5M model stayed on a constant answer for 1200 SFT steps
+DATA = {"families": ["grid_color"], "difficulty": [1, 1], "image_size": 64, "seed": 7}
 WARM = {"size": "0.5m", "model_seed": 0, "n_items": 2048, "hint_frac": 0.0, "answer_frac": 0.0, "steps": 300,
         "lr": 0.003, "batch_size": 16, "reasoning": "look", "dots": "keep", "template": "boxed",
         "eval_items": 128, "eval_max_new_tokens": 16}

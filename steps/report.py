@@ -52,12 +52,55 @@ def comparison_table(eval_results: pd.DataFrame, baselines: Mapping[str, pd.Data
     return compare_results(rows, baseline=models[0] if models else None, metric=metric, models=models)
 
 
-def accuracy_intervals(eval_results: pd.DataFrame, base: str = "base", trained: str = "trained",
-                       metric: str = "accuracy") -> list[dict[str, Any]]:
+def item_scores(predictions: list[pd.DataFrame]) -> pd.DataFrame:
+    """Each item's score per (benchmark, model): the mean of ``correct`` over its samples (0 or 1 with one
+    greedy sample). The ``eval_item_scores`` artifact: what a paired interval of trained - base needs."""
+    frames = [df[["benchmark", "model", "item_id", "correct"]] for df in predictions if df is not None and len(df)]
+    if not frames:
+        return pd.DataFrame(columns=ITEM_SCORE_COLUMNS)
+    df = pd.concat(frames, ignore_index=True)
+    out = df.groupby(["benchmark", "model", "item_id"], sort=False)["correct"].mean().reset_index()
+    return out.rename(columns={"correct": "score"})[ITEM_SCORE_COLUMNS]
+
+
+ITEM_SCORE_COLUMNS = ["benchmark", "model", "item_id", "score"]
+
+
+def _paired_table(scores: pd.DataFrame | None, bench: str, base: str, trained: str) -> tuple[int, int, int, int] | None:
+    """The paired 2x2 table of base vs trained on ``bench`` (``paired_counts``), or None where no paired
+    interval applies: no per-item scores, different item sets, or scores that are not 0/1 (k > 1 samples)."""
+    from ptdpo.study.stats import paired_counts
+
+    if scores is None or not len(scores):
+        return None
+    g = scores[scores["benchmark"] == bench]
+    by_model = {m: dict(zip(x["item_id"], x["score"].astype(float))) for m, x in g.groupby("model", sort=False)}
+    if base not in by_model or trained not in by_model or set(by_model[base]) != set(by_model[trained]):
+        return None
+    ids = list(by_model[base])
+    values = [by_model[m][i] for m in (base, trained) for i in ids]
+    if not ids or any(v not in (0.0, 1.0) for v in values):
+        return None
+    return paired_counts([by_model[base][i] for i in ids], [by_model[trained][i] for i in ids])
+
+
+def accuracy_intervals(eval_results: pd.DataFrame, scores: pd.DataFrame | None = None, base: str = "base",
+                       trained: str = "trained", metric: str = "accuracy") -> list[dict[str, Any]]:
     """Per benchmark evaluated for both models: each accuracy with its 95% Wilson interval over the ``n``
-    items, the difference trained - base with Newcombe's 95% interval (as independent samples: conservative
-    for the same items), whether that interval excludes 0, and a sentence saying so."""
-    from ptdpo.study.stats import binomial_interval, difference_interval, fmt_interval
+    items, the difference trained - base with a 95% interval, whether that interval excludes 0, and a
+    sentence saying so in words.
+
+    The difference's interval is PAIRED (Newcombe's square-and-add for paired data) where ``scores`` (the
+    ``eval_item_scores`` artifact) hold both models' 0/1 scores on the same items: the two models agree on
+    most items, and the paired interval uses that. Otherwise (no per-item scores, k > 1 samples) it is
+    Newcombe's interval for independent samples, wider than needed for the same items: conservative.
+    ``method`` says which."""
+    from ptdpo.study.stats import (
+        binomial_interval,
+        difference_interval,
+        fmt_interval,
+        paired_difference_interval,
+    )
 
     if eval_results is None or not len(eval_results):
         return []
@@ -70,20 +113,30 @@ def accuracy_intervals(eval_results: pd.DataFrame, base: str = "base", trained: 
         (pb, nb), (pt, nt) = ((float(rows[m].value), int(rows[m].n)) for m in (base, trained))
         if math.isnan(pb) or math.isnan(pt) or nb <= 0 or nt <= 0:
             continue
-        ib, it, d = binomial_interval(pb * nb, nb), binomial_interval(pt * nt, nt), difference_interval(pb, nb, pt, nt)
+        ib, it = binomial_interval(pb * nb, nb), binomial_interval(pt * nt, nt)
+        table = _paired_table(scores, str(bench), base, trained)
+        if table is not None and sum(table) == nb == nt:
+            d, method = paired_difference_interval(*table), "paired"
+        else:
+            d, method = difference_interval(pb, nb, pt, nt), "independent"
         side = "above 0" if d[1] > 0 else "below 0" if d[2] < 0 else "includes 0"
-        verdict = {"above 0": "the interval of trained minus base excludes 0: training raised the accuracy",
-                   "below 0": "the interval of trained minus base excludes 0: training lowered the accuracy",
-                   "includes 0": "the interval of trained minus base includes 0: no change is shown at this "
-                                 "sample size"}[side]
-        out.append({
+        verdict = {"above 0": "the interval of trained minus base excludes 0, so training raised the accuracy "
+                              "(more than the chance of which items were drawn explains)",
+                   "below 0": "the interval of trained minus base excludes 0, so training lowered the accuracy",
+                   "includes 0": "the interval of trained minus base includes 0, so at this number of items the "
+                                 "run does not show that training changed the accuracy"}[side]
+        row: dict[str, Any] = {
             "benchmark": str(bench), "n_base": nb, "n_trained": nt,
             "base": pb, "base_low": ib[1], "base_high": ib[2], "trained": pt, "trained_low": it[1], "trained_high": it[2],
             "delta": d[0], "delta_low": d[1], "delta_high": d[2], "delta_excludes_0": side != "includes 0",
+            "delta_method": method,
             "sentence": (f"On {bench} ({nt} held-out items), base accuracy {fmt_interval(pb, *ib[1:])} and trained "
-                         f"accuracy {fmt_interval(pt, *it[1:])} (95% intervals); trained minus base "
-                         f"{fmt_interval(*d)}: {verdict}."),
-        })
+                         f"accuracy {fmt_interval(pt, *it[1:])}; trained minus base {fmt_interval(*d)} "
+                         f"(95% intervals): {verdict}."),
+        }
+        if table is not None:
+            row.update(both_right=table[0], base_only=table[1], trained_only=table[2], both_wrong=table[3])
+        out.append(row)
     return out
 
 
@@ -131,6 +184,7 @@ def build_summary(
     comparison: pd.DataFrame,
     train_info: Mapping[str, Any] | None = None,
     train_config: Mapping[str, Any] | None = None,
+    item_scores: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """The ``summary`` artifact: a small JSON-able dict a script or a dashboard can read.
 
@@ -158,7 +212,7 @@ def build_summary(
         "audit_pass_rate": audit.get("pass_rate"),
         "training": {**training_summary(train_metrics), **train_info},
         "results": bench,
-        "accuracy_intervals": accuracy_intervals(eval_results),
+        "accuracy_intervals": accuracy_intervals(eval_results, item_scores),
         "eval_errors": errors,
     }
 
@@ -253,3 +307,24 @@ def relative_cell(value: Any, row: Any, base_col: str = "base") -> str:
     if str(row.get("benchmark", "")).startswith("overall (mean relative"):
         return "n/a: no benchmark has a base accuracy above 0"
     return "n/a: not measured"
+
+
+def end_of_run_lines(run_pathspec: str, summary: Mapping[str, Any]) -> list[str]:
+    """What the run prints when it ends (``run_pathspec``: ``PTDPOFlow/<run id>``): base and trained accuracy
+    with their intervals per benchmark and the verdict on trained - base (the card says the same at more
+    length), then where to look."""
+    from ptdpo.study.stats import fmt_interval
+
+    overall = summary.get("results", {}).get("overall (mean accuracy)") or {}
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in overall.items() if "Δ" not in k)  # the deltas follow per benchmark
+    lines = [f"run {run_pathspec}: mean accuracy over the benchmarks: {shown or 'not measured'}"]
+    for r in summary.get("accuracy_intervals") or []:
+        excl = "excludes 0" if r["delta_excludes_0"] else "includes 0"
+        lines.append(f"  {r['benchmark']} ({r['n_trained']} items): base {fmt_interval(r['base'], r['base_low'], r['base_high'])}"
+                     f" -> trained {fmt_interval(r['trained'], r['trained_low'], r['trained_high'])}; trained - base "
+                     f"{fmt_interval(r['delta'], r['delta_low'], r['delta_high'])} ({r['delta_method']} 95% interval, "
+                     f"{excl})")
+    run_id = run_pathspec.split("/")[-1]
+    lines.append(f"the report card: python flows/ptdpo_flow.py card view {run_id}/report --id report  (or card get "
+                 f"{run_id}/report --id report report.html)")
+    return lines

@@ -67,3 +67,46 @@ def difference_interval(p1: float, n1: int, p2: float, n2: int) -> tuple[float, 
     _, l2, u2 = binomial_interval(p2 * n2, n2)
     d = p2 - p1
     return d, d - math.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2), d + math.sqrt((u2 - p2) ** 2 + (p1 - l1) ** 2)
+
+
+def paired_counts(base: Sequence[float], trained: Sequence[float]) -> tuple[int, int, int, int]:
+    """(both right, base only, trained only, both wrong): the 2x2 table of two models' 0/1 scores on the
+    same items (``base[i]`` and ``trained[i]`` are item i's scores; a score >= 0.5 counts as right)."""
+    if len(base) != len(trained):
+        raise ValueError(f"paired scores need the same items: {len(base)} base vs {len(trained)} trained scores")
+    a = b = c = d = 0
+    for x, y in zip(base, trained):
+        rx, ry = float(x) >= 0.5, float(y) >= 0.5
+        a += rx and ry
+        b += rx and not ry
+        c += ry and not rx
+        d += not rx and not ry
+    return a, b, c, d
+
+
+def paired_difference_interval(a: int, b: int, c: int, d: int, z: float = 1.96) -> tuple[float, float, float]:
+    """(p2 - p1, low, high): Newcombe's square-and-add 95% interval (1998, paired method 10) of the difference
+    of two proportions measured on the SAME n = a+b+c+d items, from the 2x2 table ``a`` both right, ``b``
+    right under 1 only, ``c`` right under 2 only, ``d`` both wrong; p1 = (a+b)/n, p2 = (a+c)/n.
+
+    The Wilson intervals of the two proportions are combined with the correlation of the two scores
+    (``phi``, with Newcombe's continuity correction: 0 for a weak positive association), so agreement
+    between the two models on most items narrows the interval: the right interval for base vs trained
+    scored on one benchmark's items. With n = 0 every value is NaN."""
+    n = a + b + c + d
+    if n <= 0:
+        return float("nan"), float("nan"), float("nan")
+    r1, r2 = a + b, a + c  # right under 1, right under 2
+    p1, p2 = r1 / n, r2 / n
+    _, l1, u1 = binomial_interval(r1, n, z)
+    _, l2, u2 = binomial_interval(r2, n, z)
+    phi = 0.0
+    if min(r1, n - r1, r2, n - r2) > 0:  # any empty margin: no correlation is estimable, take 0
+        det = a * d - b * c
+        root = math.sqrt(r1 * (n - r1) * r2 * (n - r2))
+        phi = (det - n / 2) / root if det > n / 2 else 0.0 if det >= 0 else det / root
+    diff = p2 - p1
+    # the lower bound combines how far p2 can fall and p1 rise, the upper the opposite
+    low = diff - math.sqrt(max(0.0, (p2 - l2) ** 2 + (u1 - p1) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1)))
+    high = diff + math.sqrt(max(0.0, (u2 - p2) ** 2 + (p1 - l1) ** 2 - 2 * phi * (u2 - p2) * (p1 - l1)))
+    return diff, max(-1.0, low), min(1.0, high)
