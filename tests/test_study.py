@@ -411,17 +411,23 @@ def test_true_kl_counts_every_rollout_masked_or_not():
 def test_kl_sweep_coefficient_by_log_log_interpolation_and_its_limits():
     import math
 
-    from ptdpo.study.kl_sweep import EXTRAPOLATE, choose_kl_coef
+    from ptdpo.study.kl_sweep import choose_kl_coef
 
-    # KL = 0.2 * coef^-0.5 exactly: the log-log line recovers the coefficient of any target
+    # KL = 0.2 * coef^-0.5 exactly: the log-log line recovers the coefficient of any target in the range
     sweep = {c: 0.2 * c ** -0.5 for c in (0.03, 0.1, 0.3, 1.0)}
     for target_coef in (0.05, 0.2, 0.7):
         got = choose_kl_coef(sweep, 0.2 * target_coef ** -0.5)
         assert got["how"] == "bracketed" and math.isclose(got["kl_coef"], target_coef, rel_tol=1e-9)
-    past = choose_kl_coef(sweep, 0.2 * 2.0 ** -0.5)  # beyond the largest coefficient: the last segment's line
-    assert past["how"] == "extrapolated" and math.isclose(past["kl_coef"], 2.0, rel_tol=1e-9)
-    far = choose_kl_coef(sweep, 1e-6)
-    assert far["how"] == "clamped" and math.isclose(far["kl_coef"], 1.0 * EXTRAPOLATE)
+    # outside the swept KLs: the nearest swept coefficient, never a point past the sweep
+    past = choose_kl_coef(sweep, 0.2 * 2.0 ** -0.5)
+    assert past["how"] == "nearest" and past["kl_coef"] == 1.0
+    assert choose_kl_coef(sweep, 50.0)["kl_coef"] == 0.03
+    # a flat, noisy sweep (the first 96-px run's): the bracket where there is one, else the nearest
+    flat = {0.0003: 0.00289, 0.001: 0.00301, 0.003: 0.00351, 0.01: 0.00299, 0.03: 0.00242}
+    got = choose_kl_coef(flat, 0.0092)
+    assert got["how"] == "nearest" and got["kl_coef"] == 0.003
+    inside = choose_kl_coef(flat, 0.0033)
+    assert inside["how"] == "bracketed" and 0.001 < inside["kl_coef"] < 0.003
     with pytest.raises(ValueError, match="two coefficients"):
         choose_kl_coef({0.1: 0.2, 0.3: float("nan")}, 0.1)
     with pytest.raises(ValueError, match="positive"):

@@ -9,7 +9,8 @@ The study's ``kl_sweep`` section::
 Phase 1 of the study runs every other arm over every seed, plus one branch per coefficient of ``coefs``
 (the arm ``arm`` with that ``kl_coef``, seed ``seed``). The coefficient of phase 2 comes from
 :func:`choose_kl_coef`: the target's KL (mean over its seeds of each run's mean ``kl_ref_true``) located on
-the sweep's curve, interpolated linearly in log(coef) vs log(KL) (KL falls as the coefficient rises).
+the sweep's curve, interpolated linearly in log(coef) vs log(KL) between the two swept coefficients that
+bracket it (or the nearest swept coefficient when none do).
 Phase 2 runs ``arm`` with that coefficient over every seed; the report says whether its KL came within
 ``tolerance`` of the target's.
 """
@@ -22,8 +23,6 @@ from typing import Any
 
 SWEEP_ARM = "kl_sweep"  # the arm label of the sweep's branches (kept out of the study's arm tables)
 SWEEP_KEYS = {"arm", "target", "coefs", "seed", "tolerance"}
-# how far past the swept range the log-log line may be followed before the answer is clamped
-EXTRAPOLATE = 4.0
 
 
 def check_kl_sweep(cfg: Mapping[str, Any]) -> list[str]:
@@ -60,33 +59,26 @@ def check_kl_sweep(cfg: Mapping[str, Any]) -> list[str]:
 def choose_kl_coef(sweep_kl: Mapping[float, float], target_kl: float) -> dict[str, Any]:
     """The KL coefficient expected to give ``target_kl``, from ``sweep_kl`` (coefficient -> measured KL).
 
-    Linear interpolation of log(KL) against log(coef) between the two swept coefficients whose KLs bracket
-    the target; outside the swept range, the nearest segment's line, clamped to ``EXTRAPOLATE`` times the
-    range. Returns the coefficient and how it was found (``bracketed``/``extrapolated``/``clamped``)."""
+    Linear interpolation of log(KL) against log(coef) between two neighbouring swept coefficients whose KLs
+    bracket the target (the first such pair from the smallest coefficient). When no pair brackets it, the
+    swept coefficient whose KL is nearest the target (in log), ``how`` = ``"nearest"``: a line through
+    noisy points, followed past them, lands anywhere (the first 96-px run's sweep was flat, and the line
+    through its two smallest coefficients pointed 40x past the range)."""
     pts = sorted((float(c), float(k)) for c, k in sweep_kl.items() if k is not None and math.isfinite(k) and k > 0)
     if len(pts) < 2:
         raise ValueError(f"kl sweep: need at least two coefficients with a positive KL, got {dict(sweep_kl)}")
     if not (math.isfinite(target_kl) and target_kl > 0):
         raise ValueError(f"kl sweep: the target KL must be positive, got {target_kl}")
     lt = math.log(target_kl)
-    segs = list(zip(pts, pts[1:]))
-    chosen, how = None, "extrapolated"
-    for (c0, k0), (c1, k1) in segs:
+    out = {"target_kl": target_kl, "sweep": {c: k for c, k in pts}}
+    for (c0, k0), (c1, k1) in zip(pts, pts[1:]):
         lo, hi = sorted((math.log(k0), math.log(k1)))
         if lo <= lt <= hi:
-            chosen, how = (c0, k0, c1, k1), "bracketed"
-            break
-    if chosen is None:  # past the range: the end segment on the target's side (KL falls with the coefficient)
-        first, last = segs[0], segs[-1]
-        (c0, k0), (c1, k1) = first if abs(lt - math.log(first[0][1])) < abs(lt - math.log(last[1][1])) else last
-        chosen = (c0, k0, c1, k1)
-    c0, k0, c1, k1 = chosen
-    if math.isclose(k0, k1):
-        coef = math.sqrt(c0 * c1)
-    else:
-        t = (lt - math.log(k0)) / (math.log(k1) - math.log(k0))
-        coef = math.exp(math.log(c0) + t * (math.log(c1) - math.log(c0)))
-    lo_c, hi_c = pts[0][0] / EXTRAPOLATE, pts[-1][0] * EXTRAPOLATE
-    if coef < lo_c or coef > hi_c:
-        coef, how = min(max(coef, lo_c), hi_c), "clamped"
-    return {"kl_coef": coef, "how": how, "target_kl": target_kl, "sweep": {c: k for c, k in pts}}
+            if math.isclose(k0, k1):
+                coef = math.sqrt(c0 * c1)
+            else:
+                t = (lt - math.log(k0)) / (math.log(k1) - math.log(k0))
+                coef = math.exp(math.log(c0) + t * (math.log(c1) - math.log(c0)))
+            return {"kl_coef": coef, "how": "bracketed", **out}
+    coef, _ = min(pts, key=lambda p: abs(math.log(p[1]) - lt))
+    return {"kl_coef": coef, "how": "nearest", **out}
