@@ -374,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nptdpo GPU acceptance: {json.dumps(env)}\n{_table()}\n{'ALL PASS' if ok else 'FAILED'}")
         if args.out:
             Path(args.out).write_text(json.dumps({"env": env, "checks": CHECKS, "ok": ok}, indent=1, default=str))
+    # every rank past its last collective before any tears its group down: a rank that destroys the group
+    # while its peer still has gloo work in flight aborted once at exit under load (SIGABRT after ALL PASS)
+    dist_utils.barrier()
     dist.destroy_process_group()
     return 0 if ok else 1
 
