@@ -1,22 +1,22 @@
-"""The learning-signal study (issue #8): PTD-PO vs GRPO vs answer-conditioned distillation vs KL
-masking alone, on the synthetic testbed, from ONE hint-sensitive base model and ONE dataset.
+"""The learning-signal study (issues #8 and #16): GRPO, PTD-PO and the controls that could fake its effect
+(shuffled hints, GRPO at PTD-PO's KL to the reference, answer-conditioned distillation, unstructured
+hints), from ONE warm-started base model and ONE dataset, several paired seeds each (docs/study.md).
 
-    OMP_NUM_THREADS=1 python flows/study_flow.py run --max-workers 2                # configs/study.json, ~50 min
-    python flows/study_flow.py --config config configs/study_smoke.json run          # two arms, one seed
+    OMP_NUM_THREADS=1 python flows/study_flow.py run --max-workers 2                # configs/study.json, ~35 min
+    python flows/study_flow.py --config config configs/study_smoke.json run          # four arms, one seed
 
 DAG::
 
-    start         check the study config; the (arm x seed) branches               -> study, branches
-    prepare_data  train items + audited oracle hints; ID / OOD evaluation items    -> train_items, hints, eval_items
-    build_base    @model: warm start that teaches the tiny model to use hints;     -> base_model, base_report,
-                  with-hint vs without-hint accuracy; base model on ID / OOD          base_eval
-    train         foreach (arm x seed) @model: RL from the base model              -> policy, train_metrics, groups,
-                                                                                      solvable
-    evaluate      the branch's policy on ID / OOD (greedy, avg@k, pass@k, length)  -> eval_rows
-    join          every branch's tables in one place                               -> train_metrics, eval_results,
-                                                                                      solvable, policies
-    report        card "study": curves with seed spread, final tables, headline   -> final_table, late_table,
-                                                                                      solvable_summary, summary
+    start           check the study config; phase-1 branches                        -> study, branches
+    prepare_data    train items + audited oracle hints; ID / OOD evaluation items   -> train_items, hints, eval_items
+    build_base      @model: the warm start; hint ability; the gate; base on ID/OOD   -> base_model, base_report, base_eval
+    train           foreach phase-1 branch (arm x seed + the KL sweep), @model      -> policy, train_metrics, groups, solvable
+    evaluate        the branch's policy on ID / OOD (not the sweep's branches)      -> eval_rows
+    join            phase 1's tables; the sweep's runs apart                        -> train_metrics, ..., kl_sweep_runs, phase1
+    match_kl        the KL-matched coefficient; switch: sweep / none                -> kl_sweep_result, matched
+    launch_matched  phase 2 fans out: the KL-matched arm x seeds
+    train_matched, evaluate_matched, join_matched: as train / evaluate / join
+    report          card "study": the gate, claims, intervals, curves               -> claims, accuracy_table, kl_match, summary
     end
 
 The step bodies are in ``steps/study.py`` and ``ptdpo/study/``; this file is wiring only.
