@@ -43,7 +43,8 @@ def s3_env(tmp_path_factory):
     The server is stopped by its PID at teardown."""
     moto = Path(PY).with_name("moto_server")
     if not moto.exists():
-        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
+        # scripts/setup.sh installs moto[server]: without it the environment is broken, not the test optional
+        pytest.fail("moto_server is not installed (scripts/setup.sh installs 'moto[server]')")
     port = _free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log, "w") as fh:
