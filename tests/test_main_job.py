@@ -12,14 +12,11 @@ run end to end through ``metaflow.Runner`` (about three minutes).
 
 from __future__ import annotations
 
-import base64
 import json
 import math
-import re
 import subprocess
 import sys
 import time
-import typing
 from pathlib import Path
 
 import pandas as pd
@@ -37,12 +34,8 @@ from steps.report import accuracy_intervals, end_of_run_lines, item_scores
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.json"
 Z = 1.959963984540054  # the exact 0.975 normal quantile, as the published examples use
-_COLLECT_PARAMETERS = getattr(typing, "_collect_parameters", None)  # see tests/test_flow_e2e.py
-
-
-def _restore_typing() -> None:
-    if _COLLECT_PARAMETERS is not None:
-        typing._collect_parameters = _COLLECT_PARAMETERS
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_flow_e2e import _restore_typing, card_payloads, components, flow_env  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ intervals
@@ -204,11 +197,7 @@ def test_default_run_shows_base_and_trained_with_intervals(tmp_path, monkeypatch
     (tmp_path / ".metaflow").mkdir()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("USERNAME", "ptdpo-test")
-    (tmp_path / "mfhome").mkdir()
-    # as tests/test_flow_e2e.py: a local datastore in tmp_path, no user profile, one thread per process
-    env = {"USERNAME": "ptdpo-test", "METAFLOW_USER": "ptdpo-test", "METAFLOW_HOME": str(tmp_path / "mfhome"),
-           "METAFLOW_DEFAULT_DATASTORE": "local", "METAFLOW_DEFAULT_METADATA": "local", "PTDPO_NUM_THREADS": "1",
-           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PTDPO_HINT_CACHE": str(tmp_path / "hint-cache")}
+    env = flow_env(tmp_path)  # a local datastore in tmp_path, no user profile, one thread per process
     t0 = time.time()
     # no --config: the default (configs/tiny.json), as the README's command runs it
     r = Runner(str(ROOT / "flows" / "ptdpo_flow.py"), cwd=str(tmp_path), env=env, show_output=False)
@@ -237,24 +226,10 @@ def test_default_run_shows_base_and_trained_with_intervals(tmp_path, monkeypatch
     grid_id = next(r for r in rows if r["benchmark"] == "grid_id")
     assert grid_id["delta_excludes_0"] and grid_id["delta_low"] > 0, grid_id["sentence"]
     html = next(c for c in get_cards(run["report"].task) if c.id == "report").get()
-    comps = _components([json.loads(base64.b64decode(b)) for b in re.findall(
-        r'window\.__MF_DATA__\["[^"]+"\]\s*=\s*"([A-Za-z0-9+/=]+)"', html)])  # the card's component tree
+    comps = components(card_payloads(html))  # the card's component tree
     text = json.dumps(comps, ensure_ascii=False)
     assert all(row["sentence"] in text for row in rows)
     assert "Base vs trained, with 95% intervals" in text and "would fall in 95 times out of 100" in text
     chart = [c for c in comps if c.get("type") == "image" and c.get("label") == "accuracy by benchmark"]
     assert chart and len(chart[0]["src"]) > 2000 and "Accuracy chart:** not drawn" not in text
 
-
-def _components(tree: object) -> list[dict]:
-    """Every component (a dict with a ``type``) in a card's JSON tree."""
-    found = []
-    if isinstance(tree, dict):
-        if "type" in tree:
-            found.append(tree)
-        for v in tree.values():
-            found.extend(_components(v))
-    elif isinstance(tree, list):
-        for v in tree:
-            found.extend(_components(v))
-    return found

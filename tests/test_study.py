@@ -8,11 +8,10 @@ sensible.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import re
-import typing
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -26,12 +25,8 @@ from ptdpo.study.tracking import GroupTracker, solvable_stats
 ROOT = Path(__file__).resolve().parents[1]
 FLOW = ROOT / "flows" / "study_flow.py"
 SMOKE = ROOT / "configs" / "study_smoke.json"
-_COLLECT_PARAMETERS = getattr(typing, "_collect_parameters", None)  # see tests/test_flow_e2e.py
-
-
-def _restore_typing() -> None:
-    if _COLLECT_PARAMETERS is not None:
-        typing._collect_parameters = _COLLECT_PARAMETERS
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_flow_e2e import _restore_typing, card_payloads, flow_env  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -182,12 +177,9 @@ def test_study_flow_fails_in_one_branch_and_resume_finishes_it(tmp_path, monkeyp
     from metaflow import Flow, Runner, namespace
 
     (tmp_path / ".metaflow").mkdir()
-    (tmp_path / "mfhome").mkdir()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("USERNAME", "ptdpo-test")
-    env = {"USERNAME": "ptdpo-test", "METAFLOW_USER": "ptdpo-test", "METAFLOW_HOME": str(tmp_path / "mfhome"),
-           "METAFLOW_DEFAULT_DATASTORE": "local", "METAFLOW_DEFAULT_METADATA": "local",
-           "PTDPO_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = flow_env(tmp_path)
     try:
         with Runner(str(FLOW), show_output=False, env=env, cwd=str(tmp_path),
                     config=[("config", str(SMOKE))]) as r:
@@ -247,8 +239,7 @@ def test_study_flow_fails_in_one_branch_and_resume_finishes_it(tmp_path, monkeyp
 
     cards = [c for c in get_cards(run["report"].task) if c.id == "study"]
     assert cards
-    payloads = [json.loads(base64.b64decode(b)) for b in
-                re.findall(r'window\.__MF_DATA__\["[^"]+"\]\s*=\s*"([A-Za-z0-9+/=]+)"', cards[0].get())]
+    payloads = card_payloads(cards[0].get())
     text = json.dumps(payloads)
     assert "data:image/png;base64" in text and "The gate" in text and "The paper's claims" in text
     assert "KL sweep" in text
