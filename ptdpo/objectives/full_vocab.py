@@ -40,21 +40,28 @@ def _chunk_divergence(zs: torch.Tensor, zt: torch.Tensor, beta: float, divergenc
     return bin_divergence(torch.log_softmax(zs, -1), torch.log_softmax(zt, -1), None, beta, divergence)
 
 
+def _chunk_logits(s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, temperature, chunk_size, dtype):
+    """(rows, student logits, teacher logits) chunk by chunk over the tokens, the logits written into two
+    reused [chunk, V] buffers (the forward and the backward both walk the tokens this way)."""
+    n, vocab = s_hidden.shape[0], s_weight.shape[0]
+    c = min(chunk_size, max(n, 1))
+    zs_buf = torch.empty(c, vocab, dtype=dtype, device=s_hidden.device)
+    zt_buf = torch.empty(c, vocab, dtype=dtype, device=s_hidden.device)
+    for start in range(0, n, chunk_size):
+        rows = slice(start, min(start + chunk_size, n))
+        yield (rows, _logits_into(zs_buf, s_hidden[rows], s_weight, s_bias, temperature),
+               _logits_into(zt_buf, t_hidden[rows], t_weight, t_bias, temperature))
+
+
 class _ChunkedFullDivergence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, beta, divergence, temperature,
                 chunk_size):
         with _no_autocast(s_hidden.device):
-            n, vocab = s_hidden.shape[0], s_weight.shape[0]
             dtype = compute_dtype(s_hidden, s_weight, t_hidden, t_weight)
-            loss = torch.empty(n, dtype=dtype, device=s_hidden.device)
-            c = min(chunk_size, max(n, 1))
-            zs_buf = torch.empty(c, vocab, dtype=dtype, device=s_hidden.device)
-            zt_buf = torch.empty(c, vocab, dtype=dtype, device=s_hidden.device)
-            for start in range(0, n, chunk_size):
-                rows = slice(start, min(start + chunk_size, n))
-                zs = _logits_into(zs_buf, s_hidden[rows], s_weight, s_bias, temperature)
-                zt = _logits_into(zt_buf, t_hidden[rows], t_weight, t_bias, temperature)
+            loss = torch.empty(s_hidden.shape[0], dtype=dtype, device=s_hidden.device)
+            for rows, zs, zt in _chunk_logits(s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, temperature,
+                                              chunk_size, dtype):
                 loss[rows] = _chunk_divergence(zs, zt, beta, divergence)
         ctx.save_for_backward(s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias)
         ctx.options = (beta, divergence, temperature, chunk_size, dtype)
@@ -65,18 +72,12 @@ class _ChunkedFullDivergence(torch.autograd.Function):
     def backward(ctx, grad_loss):
         s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias = ctx.saved_tensors
         beta, divergence, temperature, chunk_size, dtype = ctx.options
-        n, vocab = s_hidden.shape[0], s_weight.shape[0]
         with _no_autocast(s_hidden.device):
             grad_hidden, grad_weight, grad_bias = _grad_buffers(ctx, s_hidden, s_weight, s_bias, 0, 1, 2)
-            if n > 0 and any(x is not None for x in (grad_hidden, grad_weight, grad_bias)):
+            if s_hidden.shape[0] > 0 and any(x is not None for x in (grad_hidden, grad_weight, grad_bias)):
                 grad_loss = grad_loss.to(dtype)
-                c = min(chunk_size, n)
-                zs_buf = torch.empty(c, vocab, dtype=dtype, device=s_hidden.device)
-                zt_buf = torch.empty(c, vocab, dtype=dtype, device=s_hidden.device)
-                for start in range(0, n, chunk_size):
-                    rows = slice(start, min(start + chunk_size, n))
-                    zs = _logits_into(zs_buf, s_hidden[rows], s_weight, s_bias, temperature)
-                    zt = _logits_into(zt_buf, t_hidden[rows], t_weight, t_bias, temperature)
+                for rows, zs, zt in _chunk_logits(s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias,
+                                                  temperature, chunk_size, dtype):
                     with torch.enable_grad():
                         z = zs.detach().requires_grad_(True)
                         d = _chunk_divergence(z, zt, beta, divergence)
